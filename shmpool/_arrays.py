@@ -1,0 +1,169 @@
+"""Array references: what a shared array is on the wire, and the views rebuilt from one.
+
+Each process keeps a registry of the blocks it has mapped: the parent registers the
+blocks it creates, a worker the blocks it attaches (once; the mapping is kept for later
+calls). An :class:`ArrayRef` names a block by path and says where in it the array starts,
+its shape, strides and dtype. Turning an array into a ref and back costs no copy: the
+rebuilt array is a view on the same memory.
+"""
+
+from __future__ import annotations
+
+import bisect
+import mmap
+import os
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+try:  # NumPy 2
+    from numpy.lib.array_utils import byte_bounds as _byte_bounds
+except ImportError:  # pragma: no cover - NumPy 1.x
+    _byte_bounds = np.byte_bounds  # type: ignore[attr-defined]
+
+__all__ = ["ArrayRef", "Mapping", "attach", "forget", "locate", "ref_of", "register", "view_from_ref"]
+
+
+@dataclass(frozen=True, slots=True)
+class ArrayRef:
+    """A shared array by reference: block path and size, byte offset, shape, strides, dtype."""
+
+    path: str
+    block_size: int
+    offset: int
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    dtype: np.dtype  # type: ignore[type-arg]
+    writeable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Mapping:
+    """One block mapped into this process."""
+
+    path: str
+    size: int
+    mmap: mmap.mmap
+    address: int
+
+
+_lock = threading.Lock()
+_by_path: dict[str, Mapping] = {}
+_by_mmap_id: dict[int, Mapping] = {}
+_addresses: list[int] = []  # sorted start addresses, parallel to _ordered
+_ordered: list[Mapping] = []
+
+
+def _address_of(mapping: mmap.mmap) -> int:
+    data: int = np.frombuffer(mapping, dtype=np.uint8, count=1).__array_interface__["data"][0]
+    return data
+
+
+def register(path: str, mapping: mmap.mmap) -> Mapping:
+    """Record that ``mapping`` (the whole block at ``path``) is mapped in this process."""
+    entry = Mapping(path, len(mapping), mapping, _address_of(mapping))
+    with _lock:
+        _by_path[path] = entry
+        _by_mmap_id[id(mapping)] = entry
+        i = bisect.bisect_left(_addresses, entry.address)
+        _addresses.insert(i, entry.address)
+        _ordered.insert(i, entry)
+    return entry
+
+
+def forget(path: str) -> None:
+    """Drop this process's record of a block and unmap it unless arrays still use it.
+
+    Arrays that still view the block keep the memory alive: the mapping is released when
+    the last of them is garbage-collected, so a freed block never crashes a live view.
+    """
+    with _lock:
+        entry = _by_path.pop(path, None)
+        if entry is None:
+            return
+        del _by_mmap_id[id(entry.mmap)]
+        i = _ordered.index(entry)
+        del _ordered[i]
+        del _addresses[i]
+    try:
+        entry.mmap.close()
+    except BufferError:
+        pass  # live views export the buffer; it is unmapped when they are gone
+
+
+def attach(path: str, size: int) -> Mapping:
+    """The mapping of the block at ``path``, mapping it now if this process has not yet."""
+    entry = _by_path.get(path)
+    if entry is not None:
+        return entry
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"shared block {path} no longer exists: the array was freed or its pool shut down"
+        ) from None
+    try:
+        mapping = mmap.mmap(fd, size)
+    finally:
+        os.close(fd)
+    return register(path, mapping)
+
+
+def locate(array: np.ndarray) -> tuple[Mapping, int] | None:  # type: ignore[type-arg]
+    """The block holding all of ``array``'s memory and the byte offset of its first
+    element, or None when the array does not live in a block mapped here."""
+    if array.size == 0:
+        base: object = array
+        while isinstance(base, np.ndarray):
+            base = base.base
+        entry = _by_mmap_id.get(id(base)) if isinstance(base, mmap.mmap) else None
+        if entry is None:
+            return None
+        return entry, array.__array_interface__["data"][0] - entry.address
+    low, high = _byte_bounds(array)
+    with _lock:
+        i = bisect.bisect_right(_addresses, low) - 1
+        if i < 0:
+            return None
+        entry = _ordered[i]
+    if high > entry.address + entry.size:
+        return None
+    return entry, array.__array_interface__["data"][0] - entry.address
+
+
+def ref_of(array: np.ndarray) -> ArrayRef | None:  # type: ignore[type-arg]
+    """The reference of a shared array, or None if it does not live in a block."""
+    found = locate(array)
+    if found is None:
+        return None
+    entry, offset = found
+    return ArrayRef(
+        entry.path,
+        entry.size,
+        offset,
+        array.shape,
+        array.strides,
+        array.dtype,
+        bool(array.flags.writeable),
+    )
+
+
+def view_from_ref(ref: ArrayRef) -> np.ndarray:  # type: ignore[type-arg]
+    """The array that ``ref`` names, as a view on this process's mapping of its block."""
+    entry = attach(ref.path, ref.block_size)
+    view: np.ndarray = np.ndarray(  # type: ignore[type-arg]
+        ref.shape, ref.dtype, buffer=entry.mmap, offset=ref.offset, strides=ref.strides
+    )
+    if not ref.writeable:
+        view.flags.writeable = False
+    return view
+
+
+def _reset_lock_after_fork() -> None:
+    # A fork taken while another thread held the lock would leave the child's copy locked.
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_lock_after_fork)

@@ -1,0 +1,111 @@
+"""The control block: per-map counters in shared memory, shared by the parent and workers.
+
+Workers claim chunks by advancing a slot's next-chunk counter under an ``fcntl`` record
+lock on that slot. A record lock is released by the kernel when its holder dies, so a
+worker killed mid-claim cannot leave the others blocked forever (a multiprocessing.Lock
+would: https://github.com/python/cpython/issues/96062). Everything else is written by one
+side and read by the other without a lock: the cancel flag (parent or failing worker
+writes, everyone reads) and each worker's own done and current-chunk words (the worker
+writes, the parent reads for progress bars and crash reports). Aligned 8-byte stores do
+not tear, and a stale read only delays a progress tick or a cancellation by one chunk.
+
+One slot per map in flight; a slot is reused only after every worker in its map replied.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+
+__all__ = ["MAX_SLOTS", "ControlBlock"]
+
+# Maps that can be in flight at once in one pool. Each slot costs (3 + 2 * workers) words.
+MAX_SLOTS = 32
+
+_NEXT, _TOTAL, _CANCEL, _FIXED = 0, 1, 2, 3
+_WORD = 8
+
+
+class ControlBlock:
+    """Typed access to a control block mapping for a pool of ``workers`` workers."""
+
+    def __init__(self, mapping: mmap.mmap, workers: int, lock_fd: int | None = None):
+        self._words = memoryview(mapping).cast("q")
+        self._workers = workers
+        self._stride = _FIXED + 2 * workers
+        self._lock_fd = lock_fd
+
+    @staticmethod
+    def size_for(workers: int) -> int:
+        """Bytes needed for a pool of ``workers`` workers."""
+        return MAX_SLOTS * (_FIXED + 2 * workers) * _WORD
+
+    def release(self) -> None:
+        """Give up the view so the mapping can be closed."""
+        self._words.release()
+
+    # ---- parent side ------------------------------------------------------------------
+
+    def reset(self, slot: int, total: int) -> None:
+        """Prepare a free slot for a map of ``total`` chunks."""
+        base = slot * self._stride
+        words = self._words
+        words[base + _NEXT] = 0
+        words[base + _TOTAL] = total
+        words[base + _CANCEL] = 0
+        for i in range(base + _FIXED, base + self._stride):
+            words[i] = 0
+
+    def chunks_done(self, slot: int) -> int:
+        """Chunks finished so far in ``slot``, summed over workers."""
+        start = slot * self._stride + _FIXED
+        return sum(self._words[start : start + self._workers])
+
+    def current_chunk(self, slot: int, worker: int) -> int | None:
+        """The chunk ``worker`` is running in ``slot``, or None between chunks."""
+        value = self._words[slot * self._stride + _FIXED + self._workers + worker]
+        return value - 1 if value > 0 else None
+
+    # ---- both sides -------------------------------------------------------------------
+
+    def cancel(self, slot: int) -> None:
+        """Tell every worker in this slot's map to stop claiming chunks."""
+        self._words[slot * self._stride + _CANCEL] = 1
+
+    def cancelled(self, slot: int) -> bool:
+        """Whether the map in ``slot`` was cancelled."""
+        return bool(self._words[slot * self._stride + _CANCEL])
+
+    # ---- worker side ------------------------------------------------------------------
+
+    def claim(self, slot: int) -> tuple[int, int]:
+        """Claim the next run of chunks: ``(start, stop)``, empty when none is left.
+
+        Guided self-scheduling: take about a ``1 / (2 * workers)`` share of what is left,
+        at least one chunk, so tiny chunks cost one lock per batch while the tail of the
+        map is still spread over all workers.
+        """
+        assert self._lock_fd is not None
+        base = slot * self._stride
+        words = self._words
+        fcntl.lockf(self._lock_fd, fcntl.LOCK_EX, _WORD, base * _WORD)
+        try:
+            start = words[base + _NEXT]
+            left = words[base + _TOTAL] - start
+            if left <= 0 or words[base + _CANCEL]:
+                return start, start
+            stop = start + max(1, left // (2 * self._workers))
+            words[base + _NEXT] = stop
+            return start, stop
+        finally:
+            fcntl.lockf(self._lock_fd, fcntl.LOCK_UN, _WORD, base * _WORD)
+
+    def worker_words(self, slot: int, worker: int) -> tuple[int, int]:
+        """Indexes of ``worker``'s done and current-chunk words in slot ``slot``."""
+        base = slot * self._stride + _FIXED
+        return base + worker, base + self._workers + worker
+
+    @property
+    def words(self) -> memoryview:
+        """The raw words, for a worker's hot loop."""
+        return self._words

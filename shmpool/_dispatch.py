@@ -1,0 +1,362 @@
+"""Dispatch: starting workers, sending them work, collecting replies, noticing deaths.
+
+::
+
+    caller threads                 supervisor thread                 worker i (persistent)
+    --------------                 -----------------                 ---------------------
+    map(): stage arrays, pickle
+      kernel + args ONCE
+    submit_map(): take a control
+      slot, register the call ──┐
+      send ONE MapJob per worker ┼──────────── pipe i ─────────────▶ recv MapJob
+                                 │                                   claim chunks: fcntl lock on
+      control block (shared memory): next-chunk counter ◀──────────  the slot, advance counter
+                                     cancel flag        ──────────▶  checked before each chunk
+      progress bar reads ◀────────── done / current chunk ◀────────  written per chunk
+                                 │                                   kernel(*views, **kwargs)
+                                 └─▶ wait(pipes + sentinels) ◀─────  ONE MapDone per map
+                                     route reply to its call
+      call.done.wait() ◀──────────── last reply (or death) completes
+                                     the call, frees the slot
+                                     sentinel fired: fail the calls
+                                     the worker was in, start a new one
+
+- Caller threads never read pipes; they register a call, send, and wait on its event.
+  Each pipe has a send lock, so several threads may run maps at once (one slot each).
+- The supervisor is the only reader of the pipes and the only one that reaps workers;
+  it waits with one ``multiprocessing.connection.wait`` call, never polls.
+- A call completes when every worker it was sent to has replied or died. The first kernel
+  error or death cancels the slot, so the others stop after their current chunk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import pickle
+import signal
+import threading
+from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from ._control import MAX_SLOTS, ControlBlock
+from ._protocol import InitFailed, MapDone, MapJob, Ready, Release, RemoteError, Stop
+from ._remote import rebuild_error
+from ._worker import worker_main
+from .errors import PoolClosedError, WorkerCrashedError
+
+__all__ = ["Dispatcher", "MapCall"]
+
+# How long close() waits for a worker to leave after Stop before it is killed.
+JOIN_TIMEOUT_S = 5.0
+
+
+class _Worker:
+    """The parent's handle on one worker process."""
+
+    def __init__(self, index: int, process: BaseProcess, conn: Connection):
+        self.index = index
+        self.process = process
+        self.conn = conn
+        self.send_lock = threading.Lock()
+        self.alive = True
+        self.ready = False
+
+    def send(self, data: bytes) -> None:
+        """Send ``data``; a dead worker is reported by its sentinel, not here."""
+        with self.send_lock, contextlib.suppress(OSError):
+            self.conn.send_bytes(data)
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """'killed by SIGKILL (-9)' or 'exited with code 3', for crash messages."""
+    if exitcode is None:
+        return "ended without an exit status"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = {
+            "SIGKILL": " (killed from outside, often by the out-of-memory killer)",
+            "SIGSEGV": " (a segmentation fault, usually in C code)",
+            "SIGBUS": " (a bus error: shared memory ran out, or a truncated file mapping)",
+            "SIGABRT": " (aborted, usually by a failed assertion in C code)",
+        }.get(name, "")
+        return f"was killed by {name} ({exitcode}){hint}"
+    return f"exited with code {exitcode}"
+
+
+class MapCall:
+    """One map in flight: who still owes a reply, what came back, and how it ended."""
+
+    def __init__(self, job_id: int, slot: int, total: int, workers: set[_Worker]):
+        self.job_id = job_id
+        self.slot = slot
+        self.total = total
+        self.waiting = workers
+        self.replies: list[MapDone] = []
+        self.errors: list[RemoteError] = []
+        self.failure: BaseException | None = None
+        self.chunks_run = 0
+        self.done = threading.Event()
+
+
+class Dispatcher:
+    """Owns the workers and the supervisor thread of one pool."""
+
+    def __init__(
+        self,
+        ctx: BaseContext,
+        workers: int,
+        control: ControlBlock,
+        control_path: str,
+        init_payload: bytes | None,
+    ):
+        self._ctx = ctx
+        self._count = workers
+        self.control = control
+        self._control_path = control_path
+        self._init_payload = init_payload
+        self._lock = threading.Lock()
+        self._calls: dict[int, MapCall] = {}
+        self._job_ids = itertools.count()
+        self._free_slots = list(range(MAX_SLOTS))
+        self._slot_freed = threading.Condition(self._lock)
+        self._stopping = False
+        self._killing = False
+        self.broken: BaseException | None = None
+        self._wakeup_r, self._wakeup_w = os.pipe()
+        self._workers = [self._start_worker(i) for i in range(workers)]
+        self._supervisor = threading.Thread(target=self._supervise, name="shmpool-supervisor", daemon=True)
+        self._supervisor.start()
+
+    # ---- workers ------------------------------------------------------------------------
+
+    def _start_worker(self, index: int) -> _Worker:
+        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(  # type: ignore[attr-defined]
+            target=worker_main,
+            args=(child_conn, index, self._count, self._control_path, self._init_payload),
+            name=f"shmpool-worker-{index}",
+            daemon=True,
+        )
+        process.start()
+        child_conn.close()  # else the worker would never see EOF from our side
+        return _Worker(index, process, parent_conn)
+
+    @property
+    def pids(self) -> list[int]:
+        """PIDs of the live workers."""
+        with self._lock:
+            return [w.process.pid for w in self._workers if w.alive and w.process.pid is not None]
+
+    # ---- calls --------------------------------------------------------------------------
+
+    def submit_map(self, job: Callable[[int, int], MapJob], total: int) -> MapCall:
+        """Take a slot, register a call of ``total`` chunks and send ``job(job_id, slot)``
+        to every worker."""
+        with self._lock:
+            while not self._free_slots and not self._stopping:
+                self._slot_freed.wait()
+            self._check_usable()
+            slot = self._free_slots.pop()
+            self.control.reset(slot, total)
+            job_id = next(self._job_ids)
+            targets = [w for w in self._workers if w.alive]
+            call = MapCall(job_id, slot, total, set(targets))
+            self._calls[job_id] = call
+        data = pickle.dumps(job(job_id, slot), protocol=5)
+        for worker in targets:
+            worker.send(data)
+        return call
+
+    def _check_usable(self) -> None:
+        if self._stopping:
+            raise PoolClosedError("the pool is closed")
+        if self.broken is not None:
+            raise WorkerCrashedError(f"the pool is broken: {self.broken}") from self.broken
+
+    def cancel(self, call: MapCall) -> None:
+        """Stop ``call``: workers finish their current chunk and reply."""
+        self.control.cancel(call.slot)
+
+    def kill_workers_of(self, call: MapCall) -> None:
+        """Kill the workers still running ``call`` (they are replaced)."""
+        with self._lock:
+            stuck = [w for w in call.waiting if w.alive]
+        for worker in stuck:
+            worker.process.kill()
+
+    def release(self, paths: tuple[str, ...]) -> None:
+        """Tell every worker to unmap these freed blocks."""
+        if not paths:
+            return
+        data = pickle.dumps(Release(paths), protocol=5)
+        with self._lock:
+            targets = [w for w in self._workers if w.alive]
+        for worker in targets:
+            worker.send(data)
+
+    # ---- the supervisor -----------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        while True:
+            with self._lock:
+                live = [w for w in self._workers if w.alive]
+                if self._stopping and not live:
+                    return
+            by_conn: dict[Any, _Worker] = {w.conn: w for w in live}
+            by_sentinel: dict[Any, _Worker] = {w.process.sentinel: w for w in live}
+            ready = wait([*by_conn, *by_sentinel, self._wakeup_r])
+            for item in ready:
+                if item in by_conn:
+                    self._receive(by_conn[item])
+            for item in ready:
+                if item in by_sentinel:
+                    self._on_death(by_sentinel[item])
+            if self._wakeup_r in ready:
+                os.read(self._wakeup_r, 4096)
+
+    def _receive(self, worker: _Worker) -> bool:
+        """Handle one message from ``worker``; False when its pipe is closed."""
+        try:
+            message = pickle.loads(worker.conn.recv_bytes())
+        except (EOFError, OSError):
+            return False  # it died; its sentinel reports it
+        if isinstance(message, MapDone):
+            self._on_map_done(worker, message)
+        elif isinstance(message, Ready):
+            worker.ready = True
+        elif isinstance(message, InitFailed):
+            with self._lock:
+                self.broken = rebuild_error(message.error, "the worker initializer")
+                self._fail_all(self.broken)
+        return True
+
+    def _on_map_done(self, worker: _Worker, reply: MapDone) -> None:
+        with self._lock:
+            call = self._calls.get(reply.job_id)
+            if call is None or worker not in call.waiting:
+                return
+            call.waiting.discard(worker)
+            call.replies.append(reply)
+            call.chunks_run += reply.chunks_run
+            if reply.error is not None:
+                call.errors.append(reply.error)
+            self._maybe_finish(call)
+
+    def _on_death(self, worker: _Worker) -> None:
+        while True:  # replies it sent before dying still count
+            try:
+                if not worker.conn.poll():
+                    break
+            except (EOFError, OSError):
+                break
+            if not self._receive(worker):
+                break
+        worker.process.join(timeout=1.0)
+        exitcode = worker.process.exitcode
+        with self._lock:
+            worker.alive = False
+            worker.conn.close()
+            for call in [c for c in self._calls.values() if worker in c.waiting]:
+                call.waiting.discard(worker)
+                if call.failure is None:
+                    call.failure = self._death_error(worker, exitcode, call)
+                self.control.cancel(call.slot)
+                self._maybe_finish(call)
+            if self._stopping:
+                return
+            if not worker.ready:
+                self.broken = WorkerCrashedError(
+                    f"worker {worker.index} {describe_exit(exitcode)} while starting up",
+                    exitcode=exitcode,
+                )
+                self._fail_all(self.broken)
+                return
+            self._workers[worker.index] = self._start_worker(worker.index)
+
+    def _death_error(self, worker: _Worker, exitcode: int | None, call: MapCall) -> BaseException:
+        if self._killing:
+            return PoolClosedError("the pool was terminated while this call was running")
+        chunk = self.control.current_chunk(call.slot, worker.index)
+        where = f"while running chunk {chunk}" if chunk is not None else "between chunks"
+        return WorkerCrashedError(
+            f"worker {worker.index} (pid {worker.process.pid}) {describe_exit(exitcode)} {where} "
+            f"of a map of {call.total} chunks; the pool replaced it",
+            exitcode=exitcode,
+            chunk=chunk,
+        )
+
+    def _maybe_finish(self, call: MapCall) -> None:
+        # Called with the lock held.
+        if call.waiting or call.done.is_set():
+            return
+        if call.failure is None and not call.errors and call.chunks_run < call.total and call.total:
+            # Every worker replied but chunks were left: only a cancelled map does that.
+            call.failure = PoolClosedError("the map was cancelled")
+        del self._calls[call.job_id]
+        self._free_slots.append(call.slot)
+        self._slot_freed.notify()
+        call.done.set()
+
+    def _fail_all(self, error: BaseException) -> None:
+        # Called with the lock held: a broken pool can finish nothing.
+        for call in list(self._calls.values()):
+            if call.failure is None:
+                call.failure = error
+            self.control.cancel(call.slot)
+            call.waiting.clear()
+            self._maybe_finish(call)
+        self._slot_freed.notify_all()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._wakeup_w, b"x")
+
+    # ---- shutdown -----------------------------------------------------------------------
+
+    def shutdown(self, *, kill: bool) -> None:
+        """Stop the workers: after the calls in flight (``kill=False``) or at once.
+
+        Called once per pool (the pool's state machine sees to that).
+        """
+        with self._lock:
+            self._stopping = True
+            self._killing = kill
+            calls = list(self._calls.values())
+            workers = list(self._workers)
+            self._slot_freed.notify_all()
+        if kill:
+            for call in calls:
+                self.control.cancel(call.slot)
+            for w in workers:
+                w.process.kill()
+        else:
+            for call in calls:
+                call.done.wait()
+            stop = pickle.dumps(Stop(), protocol=5)
+            for w in workers:
+                w.send(stop)
+        for w in workers:
+            w.process.join(timeout=JOIN_TIMEOUT_S)
+            if w.process.exitcode is None:
+                w.process.kill()
+                w.process.join(timeout=JOIN_TIMEOUT_S)
+        with self._lock:
+            for w in workers:
+                w.alive = False
+            self._fail_all(PoolClosedError("the pool was shut down before this call finished"))
+        self._wake()
+        if threading.current_thread() is not self._supervisor:
+            self._supervisor.join(timeout=JOIN_TIMEOUT_S)
+        for w in workers:
+            w.conn.close()
+        if not self._supervisor.is_alive():
+            os.close(self._wakeup_r)
+            os.close(self._wakeup_w)

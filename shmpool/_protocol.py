@@ -1,0 +1,98 @@
+"""The wire protocol between a pool and its workers: every record that crosses a pipe.
+
+Messages to a worker are pickled with plain pickle; user objects inside them (the kernel,
+whole() arguments, keywords, results) travel as ``payload`` bytes made by
+:mod:`shmpool._pickling`, once per call, never per chunk. Array data never travels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._arrays import ArrayRef
+from ._chunks import ChunkPlan
+
+__all__ = ["InitFailed", "MapDone", "MapJob", "Ready", "Release", "RemoteError", "Stop"]
+
+
+# ---- parent -> worker ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MapJob:
+    """Run ``kernel(*views, **kwargs)`` over chunks claimed from control slot ``slot``.
+
+    ``arrays`` has one entry per positional argument: the ArrayRef of a chunked array, or
+    None where the argument is a whole() object carried in ``payload``. ``kernel`` is the
+    pickled kernel (a worker caches the last one); ``payload`` unpickles to
+    ``(wholes, kwargs)``, ``wholes`` mapping positions to objects.
+    """
+
+    job_id: int
+    slot: int
+    kernel: bytes
+    payload: bytes
+    arrays: tuple[ArrayRef | None, ...]
+    axes: tuple[int, ...]  # per position: the axis its array is split along (-1: whole)
+    plan: ChunkPlan
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Unmap these freed blocks (paths)."""
+
+    paths: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Finish: the worker exits its loop after the messages sent before this one."""
+
+
+# ---- worker -> parent ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteError:
+    """An exception raised in a worker, in a form that always reaches the parent.
+
+    ``pickled`` is the exception itself when it could be pickled (else None); the text
+    fields let the parent build a :class:`~shmpool.errors.KernelError` when it cannot be
+    rebuilt. ``chunk`` is the chunk (or item) index it was raised for.
+    """
+
+    pickled: bytes | None
+    type_name: str
+    message: str
+    traceback: str
+    chunk: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """The worker ran its initializer and waits for work."""
+
+    worker: int
+
+
+@dataclass(frozen=True, slots=True)
+class InitFailed:
+    """The worker's initializer raised; the worker has exited."""
+
+    worker: int
+    error: RemoteError
+
+
+@dataclass(frozen=True, slots=True)
+class MapDone:
+    """A worker's one reply to a MapJob: the chunks it ran, or the error that stopped it.
+
+    ``results`` is a pickled list of ``(chunk index, return value)`` for the chunks whose
+    kernel returned something other than None; ``chunks_run`` counts all it ran.
+    """
+
+    job_id: int
+    worker: int
+    results: bytes | None
+    chunks_run: int
+    error: RemoteError | None

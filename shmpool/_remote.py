@@ -1,0 +1,34 @@
+"""Turning a worker's :class:`RemoteError` back into an exception in the parent.
+
+The caller gets the kernel's own exception type, as concurrent.futures does, with the
+remote traceback as ``__cause__``; where the kernel ran (chunk, indices) is named in that
+traceback's header and, on Python 3.11+, in a note. An exception that cannot be rebuilt
+becomes a :class:`~shmpool.errors.KernelError` carrying its type name, message and text.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from . import _pickling
+from ._protocol import RemoteError
+from .errors import KernelError, RemoteTraceback
+
+__all__ = ["rebuild_error"]
+
+
+def rebuild_error(error: RemoteError, where: str) -> BaseException:
+    """The exception that ``error`` describes; ``where`` says what raised it."""
+    exc: object = None
+    if error.pickled is not None:
+        try:
+            exc = _pickling.loads(error.pickled)
+        except Exception:
+            exc = None
+    if not isinstance(exc, BaseException):
+        exc = KernelError(error.type_name, error.message, error.traceback)
+    header = f"{where} raised {error.type_name} in a worker process:"
+    exc.__cause__ = RemoteTraceback(f'\n"""\n{header}\n{error.traceback}"""')
+    if sys.version_info >= (3, 11):
+        exc.add_note(f"shmpool: {where}")
+    return exc

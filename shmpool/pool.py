@@ -1,0 +1,557 @@
+"""SharedPool: persistent workers, arrays in shared memory, and a chunked in-place map.
+
+The pool's life: RUNNING until close() (wait for calls in flight) or terminate() (stop
+now), then CLOSED. Both run the same teardown (:meth:`_Resources.shutdown`), as does
+garbage collection of an unclosed pool and interpreter exit. Teardown stops the workers,
+has the manager unlink every block, and unmaps each block once no array uses it: arrays
+handed out stay valid after the pool is gone.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import multiprocessing
+import numbers
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import _arrays, _pickling
+from ._args import SplitArgs, check_dtype, split_args
+from ._chunks import ChunkPlan, plan_chunks
+from ._control import ControlBlock
+from ._dispatch import Dispatcher, MapCall
+from ._progress import TICK_S, open_bar, resolve_progress
+from ._protocol import MapJob
+from ._remote import rebuild_error
+from ._segments import BlockManager, block_folder, create_block, sweep_dead_blocks, unlink_quietly
+from .errors import ManagerError, PoolClosedError
+
+__all__ = ["START_METHODS", "PoolStats", "SharedPool", "default_start_method", "usable_cpus"]
+
+START_METHODS = ("fork", "spawn", "forkserver")
+
+# After Ctrl-C, how long the running chunks get to finish before their workers are killed.
+CANCEL_GRACE_S = 1.0
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask), else the CPU count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
+def default_start_method() -> str:
+    """forkserver where the platform has it (Linux), else spawn.
+
+    Not fork: forking a process that runs threads (tqdm's monitor, the pool's own
+    supervisor, the user's) can deadlock the child, and Python 3.14 makes forkserver the
+    default on Linux for that reason. forkserver starts each worker from a clean server
+    process that has shmpool and NumPy imported already, so it is nearly as fast as fork.
+    """
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """What a pool has done so far: maps run, chunks run, and bytes copied by staging."""
+
+    maps: int = 0
+    chunks: int = 0
+    bytes_staged_in: int = 0
+    bytes_copied_back: int = 0
+
+
+class _State(enum.Enum):
+    RUNNING = "running"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class _Resources:
+    """Everything a pool must release, kept apart from the pool object so that the
+    garbage collector can finalize an unclosed pool."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.state = _State.RUNNING
+        self.blocks: dict[str, _arrays.Mapping] = {}
+        self.manager: BlockManager | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.control: ControlBlock | None = None
+        self.control_path: str | None = None
+
+    def shutdown(self, kill: bool) -> None:
+        """The one teardown path: stop workers, unlink blocks, unmap what is unused."""
+        with self.lock:
+            if self.state is not _State.RUNNING:
+                return
+            self.state = _State.CLOSING
+        try:
+            if self.dispatcher is not None:
+                self.dispatcher.shutdown(kill=kill)
+        finally:
+            if self.manager is not None:
+                try:
+                    self.manager.shutdown()  # the manager unlinks every block it tracks
+                except Exception:
+                    pass
+            with self.lock:
+                paths = list(self.blocks)
+                self.blocks.clear()
+            if self.control_path is not None:
+                paths.append(self.control_path)
+            for path in paths:
+                unlink_quietly(path)  # blocks the manager could not reach
+                _arrays.forget(path)
+            if self.control is not None:
+                self.control.release()
+            with self.lock:
+                self.state = _State.CLOSED
+
+
+class SharedPool:
+    """A pool of persistent worker processes that run NumPy kernels on shared arrays.
+
+    ``workers``: how many processes (default: the CPUs this process may use).
+    ``start_method``: "fork", "spawn" or "forkserver" (default: :func:`default_start_method`).
+    ``initializer(*initargs)`` runs once in each worker as it starts. ``progress`` is the
+    default of every call's ``progress=`` option. ``temp_folder``: where blocks live
+    (default ``$SHMPOOL_TEMP_FOLDER``, else ``/dev/shm``); a folder on disk is a way out
+    when ``/dev/shm`` is too small.
+
+    Use it as a context manager, or call :meth:`close`. Arrays it allocates stay valid
+    after it is closed.
+    """
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        start_method: str | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+        progress: bool | dict[str, Any] = False,
+        temp_folder: str | os.PathLike[str] | None = None,
+    ):
+        if workers is None:
+            workers = usable_cpus()
+        if not isinstance(workers, numbers.Integral) or isinstance(workers, bool):
+            raise TypeError(f"workers must be an int or None, got {workers!r}")
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        method = default_start_method() if start_method is None else start_method
+        if method not in START_METHODS:
+            raise ValueError(f"start_method must be one of {START_METHODS} or None, got {start_method!r}")
+        if method not in multiprocessing.get_all_start_methods():
+            raise ValueError(f"start method {method!r} is not available on this platform")
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be callable, got {initializer!r}")
+        resolve_progress(progress, None)  # validate now, not at the first call
+        init_payload = None
+        if initializer is not None:
+            init_payload = _dumps_or_raise((initializer, tuple(initargs)), "the initializer and its initargs")
+
+        self._workers = int(workers)
+        self._start_method = method
+        self._progress = progress
+        self._folder = block_folder(temp_folder)
+        self._stats = PoolStats()
+        self._res = res = _Resources()
+        self._finalizer = weakref.finalize(self, res.shutdown, True)
+        ctx = multiprocessing.get_context(method)
+        if method == "forkserver":
+            _preload_in_forkserver(ctx)
+        sweep_dead_blocks(self._folder)
+        try:
+            res.control_path, control_map = create_block(self._folder, ControlBlock.size_for(self._workers))
+            res.control = ControlBlock(control_map, self._workers)
+            # Workers first: under spawn and forkserver they boot while the manager starts.
+            res.dispatcher = Dispatcher(ctx, self._workers, res.control, res.control_path, init_payload)
+            res.manager = BlockManager(ctx=ctx)
+            res.manager.start()
+            res.manager.track(res.control_path)
+        except BaseException:
+            self._finalizer()
+            raise
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def workers(self) -> int:
+        """The number of worker processes."""
+        return self._workers
+
+    @property
+    def start_method(self) -> str:
+        """The start method the workers were started with."""
+        return self._start_method
+
+    @property
+    def temp_folder(self) -> str:
+        """The folder where this pool's blocks live."""
+        return self._folder
+
+    @property
+    def closed(self) -> bool:
+        """Whether close() or terminate() was called."""
+        return self._res.state is not _State.RUNNING
+
+    @property
+    def stats(self) -> PoolStats:
+        """Counters of what this pool has done (see :class:`PoolStats`)."""
+        return self._stats
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """PIDs of the live worker processes."""
+        return [] if self._res.dispatcher is None else self._res.dispatcher.pids
+
+    def close(self) -> None:
+        """Wait for the calls in flight, then stop the workers and unlink every block.
+
+        Idempotent. Arrays the pool handed out stay valid.
+        """
+        self._finalizer.detach()
+        self._res.shutdown(kill=False)
+
+    def terminate(self) -> None:
+        """Stop the workers now (calls in flight raise PoolClosedError), unlink every block.
+
+        Idempotent.
+        """
+        self._finalizer.detach()
+        self._res.shutdown(kill=True)
+
+    def __enter__(self) -> SharedPool:
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if exc_info[0] is None:
+            self.close()
+        else:
+            self.terminate()
+
+    def __repr__(self) -> str:
+        state = self._res.state.value
+        return f"<SharedPool workers={self._workers} start_method={self._start_method!r} {state}>"
+
+    def _check_open(self) -> None:
+        if self._res.state is not _State.RUNNING:
+            raise PoolClosedError("this SharedPool is closed")
+
+    # ---- allocation ---------------------------------------------------------------------
+
+    def empty(self, shape: int | Iterable[int], dtype: Any = float, order: str = "C") -> np.ndarray:  # type: ignore[type-arg]
+        """A new uninitialised array in shared memory."""
+        return self._allocate(shape, dtype, order)
+
+    def zeros(self, shape: int | Iterable[int], dtype: Any = float, order: str = "C") -> np.ndarray:  # type: ignore[type-arg]
+        """A new array of zeros in shared memory."""
+        return self._allocate(shape, dtype, order)  # a new block reads as zeros already
+
+    def full(
+        self, shape: int | Iterable[int], fill_value: Any, dtype: Any = None, order: str = "C"
+    ) -> np.ndarray:  # type: ignore[type-arg]
+        """A new array in shared memory filled with ``fill_value``."""
+        if dtype is None:
+            dtype = np.asarray(fill_value).dtype
+        out = self._allocate(shape, dtype, order)
+        out[...] = fill_value
+        return out
+
+    def empty_like(self, a: Any, dtype: Any = None) -> np.ndarray:  # type: ignore[type-arg]
+        """A new uninitialised shared array with the shape (and dtype) of ``a``."""
+        a = np.asanyarray(a)
+        return self._allocate(a.shape, a.dtype if dtype is None else dtype, _order_of(a))
+
+    def zeros_like(self, a: Any, dtype: Any = None) -> np.ndarray:  # type: ignore[type-arg]
+        """A new shared array of zeros with the shape (and dtype) of ``a``."""
+        a = np.asanyarray(a)
+        return self._allocate(a.shape, a.dtype if dtype is None else dtype, _order_of(a))
+
+    def asarray(self, a: Any, dtype: Any = None) -> np.ndarray:  # type: ignore[type-arg]
+        """``a`` in shared memory: ``a`` itself if it already lives in this pool's blocks
+        (and no other dtype is asked for), else a copy."""
+        self._check_open()
+        if isinstance(a, np.ndarray) and (dtype is None or np.dtype(dtype) == a.dtype) and self.is_shared(a):
+            return a
+        source = np.asarray(a, dtype=dtype)
+        out = self._allocate(source.shape, source.dtype, _order_of(source))
+        np.copyto(out, source)
+        return out
+
+    def is_shared(self, a: Any) -> bool:
+        """Whether ``a`` (or the array it is a view of) lives in one of this pool's blocks."""
+        if not isinstance(a, np.ndarray):
+            return False
+        found = _arrays.locate(a)
+        return found is not None and found[0].path in self._res.blocks
+
+    def free(self, a: np.ndarray) -> None:  # type: ignore[type-arg]
+        """Give the block holding ``a`` back now instead of at shutdown.
+
+        The whole block goes, whichever view of it ``a`` is. Arrays that still view it stay
+        valid (the memory is released when the last one is garbage-collected), but they no
+        longer count as shared: passing one to ``map`` copies it.
+        """
+        self._check_open()
+        found = _arrays.locate(a) if isinstance(a, np.ndarray) else None
+        if found is None or found[0].path not in self._res.blocks:
+            raise ValueError("free() takes an array allocated by this pool that was not freed yet")
+        self._free_block(found[0].path)
+
+    def _allocate(self, shape: int | Iterable[int], dtype: Any, order: str) -> np.ndarray:  # type: ignore[type-arg]
+        self._check_open()
+        dtype = check_dtype(np.dtype(dtype))
+        shape = _as_shape(shape)
+        if order not in ("C", "F"):
+            raise ValueError(f"order must be 'C' or 'F', got {order!r}")
+        nbytes = math.prod(shape) * dtype.itemsize
+        path, mapping = create_block(self._folder, nbytes)
+        try:
+            assert self._res.manager is not None
+            self._res.manager.track(path)
+        except BaseException as exc:
+            mapping.close()
+            unlink_quietly(path)
+            if isinstance(exc, ManagerError) and self.closed:
+                raise PoolClosedError("this SharedPool is closed") from None
+            raise
+        entry = _arrays.register(path, mapping)
+        with self._res.lock:
+            self._res.blocks[path] = entry
+        return np.ndarray(shape, dtype, buffer=mapping, order=order)
+
+    def _free_block(self, path: str) -> None:
+        with self._res.lock:
+            if self._res.blocks.pop(path, None) is None:
+                return
+        try:
+            assert self._res.manager is not None
+            self._res.manager.release(path)
+        except ManagerError:
+            unlink_quietly(path)  # the manager is gone (or shutting down): unlink it here
+        if self._res.dispatcher is not None:
+            self._res.dispatcher.release((path,))
+        _arrays.forget(path)
+
+    # ---- map ----------------------------------------------------------------------------
+
+    def map(
+        self,
+        kernel: Callable[..., Any],
+        /,
+        *arrays: Any,
+        axis: int = 0,
+        chunks: int | Iterable[int] | None = None,
+        progress: bool | dict[str, Any] | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> list[Any]:
+        """Run ``kernel(*chunk_views, **kwargs)`` over chunks of ``arrays`` in the workers.
+
+        Every array is split along ``axis`` into the same chunks; each call gets views of
+        one chunk (no copy) and writes its results in place. Arguments wrapped in
+        :func:`whole` are passed whole to every call. Returns the kernel's return values
+        in chunk order. Arrays not allocated by this pool are copied into shared memory
+        first and, when writable, copied back afterwards. ``chunks``: None (automatic), an
+        int (indices per chunk) or a sequence of chunk lengths. ``progress``: a tqdm bar
+        counting chunks (True, or a dict of tqdm options). ``timeout``: seconds, after
+        which the map is stopped, its workers replaced, and TimeoutError raised.
+        """
+        self._check_open()
+        if not callable(kernel):
+            raise TypeError(f"kernel must be callable, got {kernel!r}")
+        split = split_args(arrays, axis)
+        plan = plan_chunks(split.length, chunks, self._workers, split.bytes_per_index)
+        bar_options = resolve_progress(progress, self._progress)
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        name = getattr(kernel, "__qualname__", None) or repr(kernel)
+        kernel_bytes = _dumps_or_raise(kernel, f"kernel {name!r}")
+        if split.length == 0:
+            _dumps_or_raise((split.wholes, kwargs), "the whole() and keyword arguments")
+            return []
+        staging = _Staging(self)
+        try:
+            refs, wholes = staging.stage(split)
+            payload = _dumps_or_raise((wholes, kwargs), "the whole() and keyword arguments")
+            axes = tuple(split.axes.get(i, -1) for i in range(len(arrays)))
+            assert self._res.dispatcher is not None
+            call = self._res.dispatcher.submit_map(
+                lambda job_id, slot: MapJob(job_id, slot, kernel_bytes, payload, refs, axes, plan), len(plan)
+            )
+            self._wait(call, plan, bar_options, timeout, name)
+            # Results may be views of staged copies: rebuild them before the copies go.
+            results = self._outcome(call, plan, name)
+        finally:
+            staging.finish()
+            self._count(call.chunks_run if "call" in locals() else 0, staging)
+        return results
+
+    def _wait(
+        self,
+        call: MapCall,
+        plan: ChunkPlan,
+        bar_options: dict[str, Any] | None,
+        timeout: float | None,
+        name: str,
+    ) -> None:
+        dispatcher = self._res.dispatcher
+        assert dispatcher is not None
+        bar = open_bar(len(plan), bar_options, "chunk", name) if bar_options is not None else None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                step = TICK_S if bar is not None else None
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    step = left if step is None else min(step, left)
+                if call.done.wait(None if step is None else max(step, 0.0)):
+                    break
+                if bar is not None:
+                    bar.update(dispatcher.control.chunks_done(call.slot) - bar.n)
+                if deadline is not None and time.monotonic() >= deadline:
+                    dispatcher.cancel(call)
+                    dispatcher.kill_workers_of(call)
+                    call.done.wait()
+                    raise TimeoutError(f"map of kernel {name!r} did not finish within {timeout} s")
+            if bar is not None:
+                bar.update(call.chunks_run - bar.n)
+        except KeyboardInterrupt:
+            dispatcher.cancel(call)
+            if not call.done.wait(CANCEL_GRACE_S):
+                dispatcher.kill_workers_of(call)
+                call.done.wait()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _count(self, chunks: int, staging: _Staging) -> None:
+        with self._res.lock:
+            s = self._stats
+            self._stats = PoolStats(
+                s.maps + 1,
+                s.chunks + chunks,
+                s.bytes_staged_in + staging.bytes_in,
+                s.bytes_copied_back + staging.bytes_back,
+            )
+
+    def _outcome(self, call: MapCall, plan: ChunkPlan, name: str) -> list[Any]:
+        if call.errors:
+            first = min(call.errors, key=lambda e: -1 if e.chunk is None else e.chunk)
+            if first.chunk is None:
+                where = f"kernel {name!r}"
+            else:
+                low, high = plan.bounds(first.chunk)
+                where = f"kernel {name!r} on chunk {first.chunk} (indices {low}:{high} of the split axis)"
+            raise rebuild_error(first, where)
+        if call.failure is not None:
+            raise call.failure
+        results: list[Any] = [None] * len(plan)
+        for reply in call.replies:
+            if reply.results is not None:
+                for index, value in _pickling.loads(reply.results):
+                    results[index] = value
+        return results
+
+
+class _Staging:
+    """Copies of plain arrays in shared memory for one map, copied back and freed after.
+
+    The same array passed twice is staged once. Read-only arrays are copied in only.
+    """
+
+    def __init__(self, pool: SharedPool):
+        self._pool = pool
+        self._copies: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # type: ignore[type-arg]
+        self.bytes_in = 0
+        self.bytes_back = 0
+
+    def _shared(self, array: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
+        if self._pool.is_shared(array):
+            return array
+        found = self._copies.get(id(array))
+        if found is None:
+            copy = self._pool.empty_like(array)
+            np.copyto(copy, array)
+            if not array.flags.writeable:
+                copy.flags.writeable = False
+            self.bytes_in += array.nbytes
+            found = self._copies[id(array)] = (array, copy)
+        return found[1]
+
+    def stage(self, split: SplitArgs) -> tuple[tuple[_arrays.ArrayRef | None, ...], dict[int, Any]]:
+        """The refs of the chunked arrays (by position) and the whole objects, staged."""
+        count = max([*split.chunked, *split.wholes]) + 1
+        refs: list[_arrays.ArrayRef | None] = [None] * count
+        for i, array in split.chunked.items():
+            refs[i] = _arrays.ref_of(self._shared(array))
+        wholes = {
+            i: self._shared(obj) if isinstance(obj, np.ndarray) and obj.dtype != object else obj
+            for i, obj in split.wholes.items()
+        }
+        return tuple(refs), wholes
+
+    def finish(self) -> None:
+        """Copy writable originals back and free the copies."""
+        for original, copy in self._copies.values():
+            if original.flags.writeable:
+                np.copyto(original, copy)
+                self.bytes_back += original.nbytes
+        for _, copy in self._copies.values():
+            if not self._pool.closed:
+                self._pool._free_block(_arrays.ref_of(copy).path)  # type: ignore[union-attr]
+        self._copies.clear()
+
+
+def _order_of(a: np.ndarray) -> str:  # type: ignore[type-arg]
+    return "F" if a.flags.f_contiguous and not a.flags.c_contiguous else "C"
+
+
+def _as_shape(shape: int | Iterable[int]) -> tuple[int, ...]:
+    if isinstance(shape, numbers.Integral):
+        shape = (int(shape),)
+    try:
+        dims = tuple(operator_index(d) for d in shape)  # type: ignore[union-attr]
+    except TypeError:
+        raise TypeError(f"shape must be an int or a sequence of ints, got {shape!r}") from None
+    if any(d < 0 for d in dims):
+        raise ValueError(f"negative dimensions are not allowed, got shape {dims}")
+    return dims
+
+
+def operator_index(value: Any) -> int:
+    """``value`` as an int if it is an integer (not a bool); TypeError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(value)
+    return int(value)
+
+
+def _dumps_or_raise(obj: object, what: str) -> bytes:
+    try:
+        return _pickling.dumps(obj)
+    except Exception as exc:
+        raise TypeError(f"{what} cannot be pickled to send to the workers: {exc}") from exc
+
+
+def _preload_in_forkserver(ctx: Any) -> None:
+    # Workers forked from a server that has imported shmpool (and NumPy) start in
+    # milliseconds. Keep whatever the application asked to preload too.
+    from multiprocessing import forkserver
+
+    current = list(getattr(forkserver._forkserver, "_preload_modules", ["__main__"]))
+    if "shmpool._worker" not in current:
+        ctx.set_forkserver_preload([*current, "shmpool._worker"])
