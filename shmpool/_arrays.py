@@ -73,10 +73,12 @@ def register(path: str, mapping: mmap.mmap) -> Mapping:
 
 
 def forget(path: str) -> None:
-    """Drop this process's record of a block and unmap it unless arrays still use it.
+    """Drop this process's record of a block.
 
-    Arrays that still view the block keep the memory alive: the mapping is released when
-    the last of them is garbage-collected, so a freed block never crashes a live view.
+    The mapping is not closed here: NumPy arrays keep their buffer's owner alive as their
+    ``base`` but hold no buffer export, so ``mmap.close()`` would succeed under a live view
+    and the next access would crash (numpy/numpy#18294). The mmap object unmaps itself when
+    the last array that uses it is garbage-collected; a freed block never crashes a view.
     """
     with _lock:
         entry = _by_path.pop(path, None)
@@ -86,10 +88,6 @@ def forget(path: str) -> None:
         i = _ordered.index(entry)
         del _ordered[i]
         del _addresses[i]
-    try:
-        entry.mmap.close()
-    except BufferError:
-        pass  # live views export the buffer; it is unmapped when they are gone
 
 
 def attach(path: str, size: int) -> Mapping:

@@ -54,6 +54,10 @@ __all__ = ["Dispatcher", "MapCall"]
 # How long close() waits for a worker to leave after Stop before it is killed.
 JOIN_TIMEOUT_S = 5.0
 
+# Workers dying before they are ready, this many times in a row, break the pool instead of
+# being replaced again: a worker that cannot start (a bad import under spawn) would loop.
+MAX_STARTUP_DEATHS = 3
+
 
 class _Worker:
     """The parent's handle on one worker process."""
@@ -130,6 +134,7 @@ class Dispatcher:
         self._stopping = False
         self._killing = False
         self.broken: BaseException | None = None
+        self._startup_deaths = 0
         self._wakeup_r, self._wakeup_w = os.pipe()
         self._workers = [self._start_worker(i) for i in range(workers)]
         self._supervisor = threading.Thread(target=self._supervise, name="shmpool-supervisor", daemon=True)
@@ -179,7 +184,7 @@ class Dispatcher:
         if self._stopping:
             raise PoolClosedError("the pool is closed")
         if self.broken is not None:
-            raise WorkerCrashedError(f"the pool is broken: {self.broken}") from self.broken
+            raise self.broken
 
     def cancel(self, call: MapCall) -> None:
         """Stop ``call``: workers finish their current chunk and reply."""
@@ -232,10 +237,17 @@ class Dispatcher:
             self._on_map_done(worker, message)
         elif isinstance(message, Ready):
             worker.ready = True
+            self._startup_deaths = 0
         elif isinstance(message, InitFailed):
+            cause = rebuild_error(message.error, "the worker initializer")
+            broken = WorkerCrashedError(
+                f"worker {worker.index}'s initializer raised {message.error.type_name}: "
+                f"{message.error.message}; the pool cannot run calls"
+            )
+            broken.__cause__ = cause
             with self._lock:
-                self.broken = rebuild_error(message.error, "the worker initializer")
-                self._fail_all(self.broken)
+                self.broken = broken
+                self._fail_all(broken)
         return True
 
     def _on_map_done(self, worker: _Worker, reply: MapDone) -> None:
@@ -270,11 +282,14 @@ class Dispatcher:
                     call.failure = self._death_error(worker, exitcode, call)
                 self.control.cancel(call.slot)
                 self._maybe_finish(call)
-            if self._stopping:
+            if self._stopping or self.broken is not None:
                 return
             if not worker.ready:
+                self._startup_deaths += 1
+            if self._startup_deaths >= MAX_STARTUP_DEATHS:
                 self.broken = WorkerCrashedError(
-                    f"worker {worker.index} {describe_exit(exitcode)} while starting up",
+                    f"{MAX_STARTUP_DEATHS} workers in a row died while starting up; the last "
+                    f"{describe_exit(exitcode)}",
                     exitcode=exitcode,
                 )
                 self._fail_all(self.broken)
