@@ -24,7 +24,11 @@ import re
 import secrets
 import tempfile
 import threading
-from multiprocessing.managers import SharedMemoryManager, SharedMemoryServer, dispatch
+from multiprocessing.managers import (  # type: ignore[attr-defined]
+    SharedMemoryManager,
+    SharedMemoryServer,
+    dispatch,
+)
 from typing import Any
 
 from ._lifeline import watch_parent
@@ -214,7 +218,7 @@ class BlockManager(SharedMemoryManager):
 
     def _call(self, method: str, *args: object) -> Any:
         try:
-            with self._Client(self._address, authkey=self._authkey) as conn:
+            with self._Client(self._address, authkey=self._authkey) as conn:  # type: ignore[attr-defined]
                 return dispatch(conn, None, method, args)
         except (OSError, EOFError) as exc:
             raise ManagerError(

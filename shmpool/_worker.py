@@ -114,7 +114,7 @@ def _run_map(job: MapJob, control: ControlBlock, index: int, kernels: _KernelCac
                 low, high = plan.bounds(chunk)
                 part = slice(low, high)
                 for i, lead in chunked:
-                    args[i] = arrays[i][(*lead, part)]
+                    args[i] = arrays[i][lead + (part,)]  # noqa: RUF005 - hot loop
                 value = kernel(*args, **kwargs)
                 if value is not None:
                     results.append((chunk, value))

@@ -161,13 +161,14 @@ class SharedPool:
         if initializer is not None:
             init_payload = _dumps_or_raise((initializer, tuple(initargs)), "the initializer and its initargs")
 
-        self._workers = int(workers)
-        self._start_method = method
-        self._progress = progress
-        self._folder = block_folder(temp_folder)
-        self._stats = PoolStats()
-        self._res = res = _Resources()
-        self._finalizer = weakref.finalize(self, res.shutdown, True)
+        self._workers: int = int(workers)
+        self._start_method: str = method
+        self._progress: bool | dict[str, Any] = progress
+        self._folder: str = block_folder(temp_folder)
+        self._stats: PoolStats = PoolStats()
+        res = _Resources()
+        self._res: _Resources = res
+        self._finalizer: weakref.finalize[..., None] = weakref.finalize(self, res.shutdown, True)
         ctx = multiprocessing.get_context(method)
         if method == "forkserver":
             _preload_in_forkserver(ctx)
@@ -331,7 +332,8 @@ class SharedPool:
         entry = _arrays.register(path, mapping)
         with self._res.lock:
             self._res.blocks[path] = entry
-        return np.ndarray(shape, dtype, buffer=mapping, order=order)
+        array: np.ndarray = np.ndarray(shape, dtype, buffer=mapping, order=order)  # type: ignore[type-arg,arg-type]
+        return array
 
     def _free_block(self, path: str) -> None:
         with self._res.lock:

@@ -70,7 +70,7 @@ def no_leaks() -> Iterator[None]:
         owned_names, owned_pids = _owned_by_live_pools()
         leaked = shm_entries() - shm_before - owned_names
         stray = child_pids() - children_before - owned_pids
-        if not leaked and not stray or time.monotonic() > deadline:
+        if (not leaked and not stray) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
     assert not leaked, f"shared-memory entries leaked: {sorted(leaked)}"
@@ -117,7 +117,9 @@ def pool(start_method: str) -> Iterator[shmpool.SharedPool]:
         yield p
 
 
-def run_script(code: str, *args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run_script(
+    code: str, *args: str, timeout: float = 60, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a fresh interpreter; fail on a non-zero exit (if ``check``) and on
     any resource_tracker complaint or worker traceback on stderr."""
     proc = subprocess.run(

@@ -171,7 +171,9 @@ def test_allocation_after_close_raises(start_method: str) -> None:
         pool.map(np.sum, np.zeros(3))
 
 
-def test_shared_memory_full_simulated(shared_pool: shmpool.SharedPool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_shared_memory_full_simulated(
+    shared_pool: shmpool.SharedPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     class FakeStat:
         f_bavail = 1000
         f_frsize = 4096

@@ -68,7 +68,7 @@ def test_worker_killed_from_outside_while_idle(pool: shmpool.SharedPool) -> None
 
 def test_timeout_replaces_stuck_workers(pool: shmpool.SharedPool) -> None:
     start = time.monotonic()
-    with pytest.raises(TimeoutError, match="within 0.5 s"):
+    with pytest.raises(TimeoutError, match=r"within 0\.5 s"):
         pool.map(kernels.sleep_forever, np.zeros(2), chunks=1, timeout=0.5)
     assert time.monotonic() - start < 3.0
     assert pool.map(kernels.chunk_length, np.zeros(4), chunks=2) == [2, 2]

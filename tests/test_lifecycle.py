@@ -152,5 +152,8 @@ def test_main_module_kernels(start_method: str, tmp_path: Path) -> None:
         "        pool.map(lambda v: v.__iadd__(1), x)\n"
         "        print(x.tolist())\n"
     )
-    proc = run_script(f"import runpy, sys; sys.argv = [{str(script)!r}, sys.argv[1]]; runpy.run_path(sys.argv[0], run_name='__main__')", start_method)
+    proc = run_script(
+        f"import runpy, sys; sys.argv = [{str(script)!r}, sys.argv[1]]; runpy.run_path(sys.argv[0], run_name='__main__')",
+        start_method,
+    )
     assert proc.stdout.strip() == str([3 * i + 1 for i in range(10)])

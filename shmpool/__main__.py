@@ -1,0 +1,34 @@
+"""Command line: ``python -m shmpool demo`` and ``python -m shmpool info``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``demo`` or ``info`` command; return the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m shmpool", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="time a GIL-bound kernel serially and with a SharedPool")
+    demo.add_argument("--mb", type=int, default=256, help="array size in MiB (default 256)")
+    demo.add_argument("--workers", type=int, default=None, help="worker processes (default: usable CPUs)")
+    demo.add_argument("--start-method", choices=["fork", "spawn", "forkserver"], default=None)
+    commands.add_parser("info", help="versions, CPUs, where shared memory lives and how much is free")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from ._demo import run_demo
+
+        if args.mb < 1:
+            parser.error("--mb must be at least 1")
+        return run_demo(args.mb, args.workers, args.start_method)
+    from ._info import info_lines
+
+    print("\n".join(info_lines()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
