@@ -22,11 +22,13 @@ from .errors import (
     ShmpoolError,
     WorkerCrashedError,
 )
+from .kernel import Kernel, active_pool, default_pool, kernel
 from .pool import PoolStats, SharedPool, default_start_method, usable_cpus
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Kernel",
     "KernelError",
     "ManagerError",
     "PoolClosedError",
@@ -36,7 +38,10 @@ __all__ = [
     "ShmpoolError",
     "WorkerCrashedError",
     "__version__",
+    "active_pool",
+    "default_pool",
     "default_start_method",
+    "kernel",
     "usable_cpus",
     "whole",
 ]

@@ -44,12 +44,12 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from ._control import MAX_SLOTS, ControlBlock
-from ._protocol import InitFailed, MapDone, MapJob, Ready, Release, RemoteError, Stop
+from ._protocol import InitFailed, MapDone, MapJob, Ready, Release, RemoteError, Stop, TaskBatch, TaskDone
 from ._remote import rebuild_error
 from ._worker import worker_main
 from .errors import PoolClosedError, WorkerCrashedError
 
-__all__ = ["Dispatcher", "MapCall"]
+__all__ = ["Dispatcher", "MapCall", "TaskCall"]
 
 # How long close() waits for a worker to leave after Stop before it is killed.
 JOIN_TIMEOUT_S = 5.0
@@ -69,6 +69,7 @@ class _Worker:
         self.send_lock = threading.Lock()
         self.alive = True
         self.ready = False
+        self.load = 0  # task batches sent and not yet answered
 
     def send(self, data: bytes) -> None:
         """Send ``data``; a dead worker is reported by its sentinel, not here."""
@@ -95,19 +96,36 @@ def describe_exit(exitcode: int | None) -> str:
     return f"exited with code {exitcode}"
 
 
-class MapCall:
-    """One map in flight: who still owes a reply, what came back, and how it ended."""
+class _Call:
+    """Work in flight: the workers that still owe a reply, and how it ended."""
+
+    def __init__(self, job_id: int, slot: int, workers: set[_Worker]):
+        self.job_id = job_id
+        self.slot = slot  # control slot, -1 for none
+        self.waiting = workers
+        self.failure: BaseException | None = None
+        self.done = threading.Event()
+        self.on_done: Callable[[_Call], None] | None = None
+
+
+class MapCall(_Call):
+    """One map: sent to every worker, done when each has replied or died."""
 
     def __init__(self, job_id: int, slot: int, total: int, workers: set[_Worker]):
-        self.job_id = job_id
-        self.slot = slot
+        super().__init__(job_id, slot, workers)
         self.total = total
-        self.waiting = workers
         self.replies: list[MapDone] = []
         self.errors: list[RemoteError] = []
-        self.failure: BaseException | None = None
         self.chunks_run = 0
-        self.done = threading.Event()
+
+
+class TaskCall(_Call):
+    """One batch of calls (a ``submit``, or ``imap`` items from ``first``) on one worker."""
+
+    def __init__(self, job_id: int, slot: int, worker: _Worker, first: int):
+        super().__init__(job_id, slot, {worker})
+        self.first = first
+        self.reply: TaskDone | None = None
 
 
 class Dispatcher:
@@ -127,7 +145,7 @@ class Dispatcher:
         self._control_path = control_path
         self._init_payload = init_payload
         self._lock = threading.Lock()
-        self._calls: dict[int, MapCall] = {}
+        self._calls: dict[int, _Call] = {}
         self._job_ids = itertools.count()
         self._free_slots = list(range(MAX_SLOTS))
         self._slot_freed = threading.Condition(self._lock)
@@ -162,14 +180,32 @@ class Dispatcher:
 
     # ---- calls --------------------------------------------------------------------------
 
+    def _take_slot(self) -> int:
+        # Called with the lock held.
+        while not self._free_slots and not self._stopping:
+            self._slot_freed.wait()
+        self._check_usable()
+        return self._free_slots.pop()
+
+    def acquire_slot(self) -> int:
+        """A control slot for a stream of task batches (imap); give it back with
+        :meth:`release_slot` once none of its batches is in flight."""
+        with self._lock:
+            slot = self._take_slot()
+            self.control.reset(slot, 0)
+            return slot
+
+    def release_slot(self, slot: int) -> None:
+        """Return a slot taken with :meth:`acquire_slot`."""
+        with self._lock:
+            self._free_slots.append(slot)
+            self._slot_freed.notify()
+
     def submit_map(self, job: Callable[[int, int], MapJob], total: int) -> MapCall:
         """Take a slot, register a call of ``total`` chunks and send ``job(job_id, slot)``
         to every worker."""
         with self._lock:
-            while not self._free_slots and not self._stopping:
-                self._slot_freed.wait()
-            self._check_usable()
-            slot = self._free_slots.pop()
+            slot = self._take_slot()
             self.control.reset(slot, total)
             job_id = next(self._job_ids)
             targets = [w for w in self._workers if w.alive]
@@ -180,17 +216,43 @@ class Dispatcher:
             worker.send(data)
         return call
 
+    def submit_tasks(
+        self,
+        fn: bytes,
+        items: bytes,
+        *,
+        first: int = 0,
+        star: bool = False,
+        slot: int = -1,
+        on_done: Callable[[_Call], None] | None = None,
+    ) -> TaskCall:
+        """Send one batch of calls to the least busy worker (see :class:`TaskBatch`).
+
+        ``on_done(call)`` runs in the supervisor thread once the call has ended.
+        """
+        with self._lock:
+            self._check_usable()
+            worker = min((w for w in self._workers if w.alive), key=lambda w: w.load)
+            worker.load += 1
+            job_id = next(self._job_ids)
+            call = TaskCall(job_id, slot, worker, first)
+            call.on_done = on_done
+            self._calls[job_id] = call
+        worker.send(pickle.dumps(TaskBatch(job_id, slot, fn, items, first, star), protocol=5))
+        return call
+
     def _check_usable(self) -> None:
         if self._stopping:
             raise PoolClosedError("the pool is closed")
         if self.broken is not None:
             raise self.broken
 
-    def cancel(self, call: MapCall) -> None:
-        """Stop ``call``: workers finish their current chunk and reply."""
-        self.control.cancel(call.slot)
+    def cancel(self, call: _Call) -> None:
+        """Stop ``call``: workers finish their current chunk or item and reply."""
+        if call.slot >= 0:
+            self.control.cancel(call.slot)
 
-    def kill_workers_of(self, call: MapCall) -> None:
+    def kill_workers_of(self, call: _Call) -> None:
         """Kill the workers still running ``call`` (they are replaced)."""
         with self._lock:
             stuck = [w for w in call.waiting if w.alive]
@@ -233,7 +295,9 @@ class Dispatcher:
             message = pickle.loads(worker.conn.recv_bytes())
         except (EOFError, OSError):
             return False  # it died; its sentinel reports it
-        if isinstance(message, MapDone):
+        if isinstance(message, TaskDone):
+            self._on_task_done(worker, message)
+        elif isinstance(message, MapDone):
             self._on_map_done(worker, message)
         elif isinstance(message, Ready):
             worker.ready = True
@@ -247,20 +311,40 @@ class Dispatcher:
             broken.__cause__ = cause
             with self._lock:
                 self.broken = broken
-                self._fail_all(broken)
+                finished = self._fail_all(broken)
+            self._notify(finished)
         return True
 
     def _on_map_done(self, worker: _Worker, reply: MapDone) -> None:
         with self._lock:
             call = self._calls.get(reply.job_id)
-            if call is None or worker not in call.waiting:
+            if not isinstance(call, MapCall) or worker not in call.waiting:
                 return
             call.waiting.discard(worker)
             call.replies.append(reply)
             call.chunks_run += reply.chunks_run
             if reply.error is not None:
                 call.errors.append(reply.error)
-            self._maybe_finish(call)
+            finished = self._maybe_finish(call)
+        self._notify(finished)
+
+    def _on_task_done(self, worker: _Worker, reply: TaskDone) -> None:
+        with self._lock:
+            call = self._calls.get(reply.job_id)
+            if not isinstance(call, TaskCall) or worker not in call.waiting:
+                return
+            worker.load -= 1
+            call.waiting.discard(worker)
+            call.reply = reply
+            finished = self._maybe_finish(call)
+        self._notify(finished)
+
+    @staticmethod
+    def _notify(calls: list[_Call]) -> None:
+        # Outside the lock: a callback may submit more work.
+        for call in calls:
+            if call.on_done is not None:
+                call.on_done(call)
 
     def _on_death(self, worker: _Worker) -> None:
         while True:  # replies it sent before dying still count
@@ -273,6 +357,7 @@ class Dispatcher:
                 break
         worker.process.join(timeout=1.0)
         exitcode = worker.process.exitcode
+        finished: list[_Call] = []
         with self._lock:
             worker.alive = False
             worker.conn.close()
@@ -280,55 +365,69 @@ class Dispatcher:
                 call.waiting.discard(worker)
                 if call.failure is None:
                     call.failure = self._death_error(worker, exitcode, call)
-                self.control.cancel(call.slot)
-                self._maybe_finish(call)
-            if self._stopping or self.broken is not None:
-                return
-            if not worker.ready:
-                self._startup_deaths += 1
-            if self._startup_deaths >= MAX_STARTUP_DEATHS:
-                self.broken = WorkerCrashedError(
-                    f"{MAX_STARTUP_DEATHS} workers in a row died while starting up; the last "
-                    f"{describe_exit(exitcode)}",
-                    exitcode=exitcode,
-                )
-                self._fail_all(self.broken)
-                return
-            self._workers[worker.index] = self._start_worker(worker.index)
+                if call.slot >= 0:
+                    self.control.cancel(call.slot)
+                finished += self._maybe_finish(call)
+            if not (self._stopping or self.broken is not None):
+                if not worker.ready:
+                    self._startup_deaths += 1
+                if self._startup_deaths >= MAX_STARTUP_DEATHS:
+                    self.broken = WorkerCrashedError(
+                        f"{MAX_STARTUP_DEATHS} workers in a row died while starting up; the last "
+                        f"{describe_exit(exitcode)}",
+                        exitcode=exitcode,
+                    )
+                    finished += self._fail_all(self.broken)
+                else:
+                    self._workers[worker.index] = self._start_worker(worker.index)
+        self._notify(finished)
 
-    def _death_error(self, worker: _Worker, exitcode: int | None, call: MapCall) -> BaseException:
+    def _death_error(self, worker: _Worker, exitcode: int | None, call: _Call) -> BaseException:
         if self._killing:
             return PoolClosedError("the pool was terminated while this call was running")
-        chunk = self.control.current_chunk(call.slot, worker.index)
-        where = f"while running chunk {chunk}" if chunk is not None else "between chunks"
+        running = self.control.current_chunk(call.slot, worker.index) if call.slot >= 0 else None
+        if isinstance(call, MapCall):
+            where = f"while running chunk {running}" if running is not None else "between chunks"
+            what = f"of a map of {call.total} chunks"
+        else:
+            where = f"while running item {running}" if running is not None else "while running a task"
+            what = ""
         return WorkerCrashedError(
-            f"worker {worker.index} (pid {worker.process.pid}) {describe_exit(exitcode)} {where} "
-            f"of a map of {call.total} chunks; the pool replaced it",
+            f"worker {worker.index} (pid {worker.process.pid}) {describe_exit(exitcode)} {where}"
+            f"{' ' + what if what else ''}; the pool replaced it",
             exitcode=exitcode,
-            chunk=chunk,
+            chunk=running,
         )
 
-    def _maybe_finish(self, call: MapCall) -> None:
-        # Called with the lock held.
+    def _maybe_finish(self, call: _Call) -> list[_Call]:
+        """End ``call`` if nobody owes it a reply; the calls to notify. Lock held."""
         if call.waiting or call.done.is_set():
-            return
-        if call.failure is None and not call.errors and call.chunks_run < call.total and call.total:
-            # Every worker replied but chunks were left: only a cancelled map does that.
-            call.failure = PoolClosedError("the map was cancelled")
+            return []
+        if isinstance(call, MapCall):
+            if call.failure is None and not call.errors and call.chunks_run < call.total:
+                # Every worker replied but chunks were left: only a cancelled map does that.
+                call.failure = PoolClosedError("the map was cancelled")
+            self._free_slots.append(call.slot)
+            self._slot_freed.notify()
         del self._calls[call.job_id]
-        self._free_slots.append(call.slot)
-        self._slot_freed.notify()
         call.done.set()
+        return [call]
 
-    def _fail_all(self, error: BaseException) -> None:
-        # Called with the lock held: a broken pool can finish nothing.
+    def _fail_all(self, error: BaseException) -> list[_Call]:
+        """Fail every call in flight: a broken pool can finish nothing. Lock held."""
+        finished: list[_Call] = []
         for call in list(self._calls.values()):
             if call.failure is None:
                 call.failure = error
-            self.control.cancel(call.slot)
+            if call.slot >= 0:
+                self.control.cancel(call.slot)
+            for worker in call.waiting:
+                if isinstance(call, TaskCall):
+                    worker.load -= 1
             call.waiting.clear()
-            self._maybe_finish(call)
+            finished += self._maybe_finish(call)
         self._slot_freed.notify_all()
+        return finished
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
@@ -349,7 +448,7 @@ class Dispatcher:
             self._slot_freed.notify_all()
         if kill:
             for call in calls:
-                self.control.cancel(call.slot)
+                self.cancel(call)
             for w in workers:
                 w.process.kill()
         else:
@@ -366,7 +465,8 @@ class Dispatcher:
         with self._lock:
             for w in workers:
                 w.alive = False
-            self._fail_all(PoolClosedError("the pool was shut down before this call finished"))
+            finished = self._fail_all(PoolClosedError("the pool was shut down before this call finished"))
+        self._notify(finished)
         self._wake()
         if threading.current_thread() is not self._supervisor:
             self._supervisor.join(timeout=JOIN_TIMEOUT_S)

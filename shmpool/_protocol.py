@@ -12,7 +12,17 @@ from dataclasses import dataclass
 from ._arrays import ArrayRef
 from ._chunks import ChunkPlan
 
-__all__ = ["InitFailed", "MapDone", "MapJob", "Ready", "Release", "RemoteError", "Stop"]
+__all__ = [
+    "InitFailed",
+    "MapDone",
+    "MapJob",
+    "Ready",
+    "Release",
+    "RemoteError",
+    "Stop",
+    "TaskBatch",
+    "TaskDone",
+]
 
 
 # ---- parent -> worker ------------------------------------------------------------------
@@ -35,6 +45,25 @@ class MapJob:
     arrays: tuple[ArrayRef | None, ...]
     axes: tuple[int, ...]  # per position: the axis its array is split along (-1: whole)
     plan: ChunkPlan
+
+
+@dataclass(frozen=True, slots=True)
+class TaskBatch:
+    """Call ``fn`` on each item of a batch: ``fn(*args, **kwargs)`` for a ``submit``
+    (``star``), ``fn(item)`` for ``imap`` items numbered from ``first``.
+
+    ``fn`` is pickled (a worker caches the last one); ``items`` unpickles to the list of
+    items, or to ``(args, kwargs)`` when ``star``. ``slot`` is the control slot whose cancel
+    flag is checked before each item and whose current word names the running item (-1:
+    none).
+    """
+
+    job_id: int
+    slot: int
+    fn: bytes
+    items: bytes
+    first: int
+    star: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,4 +124,15 @@ class MapDone:
     worker: int
     results: bytes | None
     chunks_run: int
+    error: RemoteError | None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDone:
+    """A worker's reply to a TaskBatch: pickled results of the items it ran, in order, and
+    the error that stopped it (its ``chunk`` is the failing item's number)."""
+
+    job_id: int
+    worker: int
+    results: bytes
     error: RemoteError | None

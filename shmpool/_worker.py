@@ -13,15 +13,19 @@ import os
 import pickle
 import signal
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from . import _arrays, _pickling
 from ._control import ControlBlock
 from ._lifeline import watch_parent
-from ._protocol import InitFailed, MapDone, MapJob, Ready, Release, RemoteError, Stop
+from ._protocol import InitFailed, MapDone, MapJob, Ready, Release, RemoteError, Stop, TaskBatch, TaskDone
 
-__all__ = ["remote_error", "worker_main"]
+__all__ = ["IN_WORKER", "remote_error", "worker_main"]
+
+# True in a worker process: kernels called there run in place instead of on a pool.
+IN_WORKER = False
 
 
 def remote_error(exc: BaseException, chunk: int | None) -> RemoteError:
@@ -36,18 +40,24 @@ def remote_error(exc: BaseException, chunk: int | None) -> RemoteError:
 
 
 class _KernelCache:
-    """The last kernel this worker unpickled, keyed by its pickled bytes: a map repeated
-    with the same kernel (iterative algorithms) skips the unpickling."""
+    """The last few functions this worker unpickled, keyed by their pickled bytes: a map
+    repeated with the same kernel (iterative algorithms) skips the unpickling."""
+
+    SIZE = 8
 
     def __init__(self) -> None:
-        self._key = b""
-        self._kernel: Callable[..., Any] | None = None
+        self._functions: OrderedDict[bytes, Callable[..., Any]] = OrderedDict()
 
     def get(self, pickled: bytes) -> Callable[..., Any]:
-        if self._kernel is None or pickled != self._key:
-            self._kernel = _pickling.loads(pickled)
-            self._key = pickled
-        return self._kernel
+        fn = self._functions.get(pickled)
+        if fn is None:
+            fn = _pickling.loads(pickled)
+            self._functions[pickled] = fn
+            if len(self._functions) > self.SIZE:
+                self._functions.popitem(last=False)
+        else:
+            self._functions.move_to_end(pickled)
+        return fn
 
 
 def worker_main(
@@ -58,6 +68,8 @@ def worker_main(
     init_payload: bytes | None,
 ) -> None:
     """Entry point of worker ``index``: run the initializer, then serve the pipe."""
+    global IN_WORKER
+    IN_WORKER = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     watch_parent(lambda: None)
     fd = os.open(control_path, os.O_RDWR)
@@ -76,7 +88,9 @@ def worker_main(
             message = pickle.loads(conn.recv_bytes())
         except EOFError:
             return  # the parent is gone
-        if isinstance(message, MapJob):
+        if isinstance(message, TaskBatch):
+            conn.send_bytes(pickle.dumps(_run_tasks(message, control, index, kernels)))
+        elif isinstance(message, MapJob):
             conn.send_bytes(pickle.dumps(_run_map(message, control, index, kernels)))
         elif isinstance(message, Release):
             for path in message.paths:
@@ -136,19 +150,53 @@ def _run_map(job: MapJob, control: ControlBlock, index: int, kernels: _KernelCac
             packed = _pickling.dumps(results)
         except Exception:
             control.cancel(job.slot)
-            error = _unpicklable_result(results)
+            error = _first_unpicklable(results, "chunk")[1]
     return MapDone(job.job_id, index, packed, ran, error)
 
 
-def _unpicklable_result(results: list[tuple[int, Any]]) -> RemoteError:
-    for chunk, value in results:
+def _run_tasks(batch: TaskBatch, control: ControlBlock, index: int, kernels: _KernelCache) -> TaskDone:
+    results: list[Any] = []
+    error: RemoteError | None = None
+    number = batch.first
+    slot = batch.slot
+    words = control.words
+    current_word = control.worker_words(slot, index)[1] if slot >= 0 else -1
+    try:
+        fn = kernels.get(batch.fn)
+        items = _pickling.loads(batch.items)
+        if batch.star:
+            args, kwargs = items
+            results.append(fn(*args, **kwargs))
+        else:
+            for number, item in enumerate(items, batch.first):
+                if slot >= 0:
+                    if control.cancelled(slot):
+                        break
+                    words[current_word] = number + 1
+                results.append(fn(item))
+    except Exception as exc:
+        error = remote_error(exc, number)
+    finally:
+        if slot >= 0:
+            words[current_word] = 0
+    try:
+        packed = _pickling.dumps(results)
+    except Exception:
+        good, error = _first_unpicklable(list(enumerate(results, batch.first)), "item")
+        packed = _pickling.dumps(results[:good])
+    return TaskDone(batch.job_id, index, packed, error)
+
+
+def _first_unpicklable(results: list[tuple[int, Any]], what: str) -> tuple[int, RemoteError]:
+    """How many leading results pickle, and the error naming the first that does not."""
+    for position, (number, value) in enumerate(results):
         try:
             _pickling.dumps(value)
         except Exception as exc:
             wrapped = TypeError(
-                f"the kernel's return value for chunk {chunk} cannot be sent back to the "
+                f"the return value for {what} {number} cannot be sent back to the "
                 f"parent ({type(value).__qualname__}): {exc}"
             )
             wrapped.__cause__ = exc
-            return remote_error(wrapped, chunk)
-    return remote_error(TypeError("the kernel's return values cannot be pickled"), None)
+            return position, remote_error(wrapped, number)
+    return len(results), remote_error(TypeError("the return values cannot be pickled"), None)

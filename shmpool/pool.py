@@ -15,31 +15,29 @@ import multiprocessing
 import numbers
 import os
 import threading
-import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from . import _arrays, _pickling
-from ._args import SplitArgs, check_dtype, split_args
-from ._chunks import ChunkPlan, plan_chunks
+from . import _arrays, _tasks
+from ._args import check_dtype
 from ._control import ControlBlock
-from ._dispatch import Dispatcher, MapCall
-from ._progress import TICK_S, open_bar, resolve_progress
-from ._protocol import MapJob
-from ._remote import rebuild_error
+from ._dispatch import Dispatcher
+from ._maprun import dumps_or_raise, plan_map
+from ._progress import resolve_progress
 from ._segments import BlockManager, block_folder, create_block, sweep_dead_blocks, unlink_quietly
 from .errors import ManagerError, PoolClosedError
+from .kernel import pop_active, push_active
 
 __all__ = ["START_METHODS", "PoolStats", "SharedPool", "default_start_method", "usable_cpus"]
 
 START_METHODS = ("fork", "spawn", "forkserver")
 
-# After Ctrl-C, how long the running chunks get to finish before their workers are killed.
-CANCEL_GRACE_S = 1.0
+T = TypeVar("T")
 
 
 def usable_cpus() -> int:
@@ -159,7 +157,7 @@ class SharedPool:
         resolve_progress(progress, None)  # validate now, not at the first call
         init_payload = None
         if initializer is not None:
-            init_payload = _dumps_or_raise((initializer, tuple(initargs)), "the initializer and its initargs")
+            init_payload = dumps_or_raise((initializer, tuple(initargs)), "the initializer and its initargs")
 
         self._workers: int = int(workers)
         self._start_method: str = method
@@ -176,10 +174,14 @@ class SharedPool:
         try:
             res.control_path, control_map = create_block(self._folder, ControlBlock.size_for(self._workers))
             res.control = ControlBlock(control_map, self._workers)
-            # Workers first: under spawn and forkserver they boot while the manager starts.
-            res.dispatcher = Dispatcher(ctx, self._workers, res.control, res.control_path, init_payload)
             res.manager = BlockManager(ctx=ctx)
-            res.manager.start()
+            if method == "fork":
+                # Fork the manager before the dispatcher starts its supervisor thread.
+                res.manager.start()
+            # Under spawn and forkserver, workers boot while the manager starts.
+            res.dispatcher = Dispatcher(ctx, self._workers, res.control, res.control_path, init_payload)
+            if method != "fork":
+                res.manager.start()
             res.manager.track(res.control_path)
         except BaseException:
             self._finalizer()
@@ -235,9 +237,11 @@ class SharedPool:
 
     def __enter__(self) -> SharedPool:
         self._check_open()
+        push_active(self)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        pop_active(self)
         if exc_info[0] is None:
             self.close()
         else:
@@ -372,151 +376,64 @@ class SharedPool:
         counting chunks (True, or a dict of tqdm options). ``timeout``: seconds, after
         which the map is stopped, its workers replaced, and TimeoutError raised.
         """
-        self._check_open()
-        if not callable(kernel):
-            raise TypeError(f"kernel must be callable, got {kernel!r}")
-        split = split_args(arrays, axis)
-        plan = plan_chunks(split.length, chunks, self._workers, split.bytes_per_index)
-        bar_options = resolve_progress(progress, self._progress)
-        if timeout is not None and not timeout > 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        name = getattr(kernel, "__qualname__", None) or repr(kernel)
-        kernel_bytes = _dumps_or_raise(kernel, f"kernel {name!r}")
-        if split.length == 0:
-            _dumps_or_raise((split.wholes, kwargs), "the whole() and keyword arguments")
-            return []
-        staging = _Staging(self)
-        try:
-            refs, wholes = staging.stage(split)
-            payload = _dumps_or_raise((wholes, kwargs), "the whole() and keyword arguments")
-            axes = tuple(split.axes.get(i, -1) for i in range(len(arrays)))
-            assert self._res.dispatcher is not None
-            call = self._res.dispatcher.submit_map(
-                lambda job_id, slot: MapJob(job_id, slot, kernel_bytes, payload, refs, axes, plan), len(plan)
-            )
-            self._wait(call, plan, bar_options, timeout, name)
-            # Results may be views of staged copies: rebuild them before the copies go.
-            results = self._outcome(call, plan, name)
-        finally:
-            staging.finish()
-            self._count(call.chunks_run if "call" in locals() else 0, staging)
-        return results
+        return plan_map(self, kernel, arrays, axis, chunks, progress, timeout, kwargs).execute()
 
-    def _wait(
+    def map_async(
         self,
-        call: MapCall,
-        plan: ChunkPlan,
-        bar_options: dict[str, Any] | None,
-        timeout: float | None,
-        name: str,
-    ) -> None:
-        dispatcher = self._res.dispatcher
-        assert dispatcher is not None
-        bar = open_bar(len(plan), bar_options, "chunk", name) if bar_options is not None else None
-        deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            while True:
-                step = TICK_S if bar is not None else None
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    step = left if step is None else min(step, left)
-                if call.done.wait(None if step is None else max(step, 0.0)):
-                    break
-                if bar is not None:
-                    bar.update(dispatcher.control.chunks_done(call.slot) - bar.n)
-                if deadline is not None and time.monotonic() >= deadline:
-                    dispatcher.cancel(call)
-                    dispatcher.kill_workers_of(call)
-                    call.done.wait()
-                    raise TimeoutError(f"map of kernel {name!r} did not finish within {timeout} s")
-            if bar is not None:
-                bar.update(call.chunks_run - bar.n)
-        except KeyboardInterrupt:
-            dispatcher.cancel(call)
-            if not call.done.wait(CANCEL_GRACE_S):
-                dispatcher.kill_workers_of(call)
-                call.done.wait()
-            raise
-        finally:
-            if bar is not None:
-                bar.close()
+        kernel: Callable[..., Any],
+        /,
+        *arrays: Any,
+        axis: int = 0,
+        chunks: int | Iterable[int] | None = None,
+        progress: bool | dict[str, Any] | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Future[list[Any]]:
+        """Like :meth:`map`, but return at once: a Future of the list of results.
 
-    def _count(self, chunks: int, staging: _Staging) -> None:
+        Bad arguments raise here. Several maps may be in flight. ``future.cancel()`` works
+        until the map has finished: unstarted chunks are skipped and the future is
+        cancelled (plain arrays are still copied back).
+        """
+        run = plan_map(self, kernel, arrays, axis, chunks, progress, timeout, kwargs)
+        return _tasks.map_async(self, run)
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Run ``fn(*args, **kwargs)`` in a worker; return a Future of its result.
+
+        Shared arrays among the arguments arrive as views of the same memory; other
+        arguments are pickled (cloudpickle). ``cancel()`` works until the call has
+        finished; a call already running still runs, and its result is dropped.
+        """
+        return _tasks.submit(self, fn, args, kwargs)
+
+    def imap(
+        self,
+        fn: Callable[[Any], T],
+        iterable: Iterable[Any],
+        *,
+        ordered: bool = True,
+        chunksize: int = 1,
+        progress: bool | dict[str, Any] | None = None,
+    ) -> Iterator[T]:
+        """An iterator of ``fn(item)`` for each item of ``iterable``, run in the workers.
+
+        Results come in input order when ``ordered``, else as they finish. The iterable is
+        consumed lazily with a bounded number of items in flight, so an endless generator
+        works. ``chunksize`` items travel per message (raise it for small, fast items). An
+        exception in ``fn`` is raised from the iterator at that item's position, with the
+        remote traceback, and the remaining items are cancelled; so is closing the iterator
+        early. ``progress``: a tqdm bar counting items (the total is known when the
+        iterable has a length).
+        """
+        return _tasks.imap(self, fn, iterable, ordered, chunksize, progress)
+
+    def _count_map(self, chunks: int, bytes_in: int, bytes_back: int) -> None:
         with self._res.lock:
             s = self._stats
             self._stats = PoolStats(
-                s.maps + 1,
-                s.chunks + chunks,
-                s.bytes_staged_in + staging.bytes_in,
-                s.bytes_copied_back + staging.bytes_back,
+                s.maps + 1, s.chunks + chunks, s.bytes_staged_in + bytes_in, s.bytes_copied_back + bytes_back
             )
-
-    def _outcome(self, call: MapCall, plan: ChunkPlan, name: str) -> list[Any]:
-        if call.errors:
-            first = min(call.errors, key=lambda e: -1 if e.chunk is None else e.chunk)
-            if first.chunk is None:
-                where = f"kernel {name!r}"
-            else:
-                low, high = plan.bounds(first.chunk)
-                where = f"kernel {name!r} on chunk {first.chunk} (indices {low}:{high} of the split axis)"
-            raise rebuild_error(first, where)
-        if call.failure is not None:
-            raise call.failure
-        results: list[Any] = [None] * len(plan)
-        for reply in call.replies:
-            if reply.results is not None:
-                for index, value in _pickling.loads(reply.results):
-                    results[index] = value
-        return results
-
-
-class _Staging:
-    """Copies of plain arrays in shared memory for one map, copied back and freed after.
-
-    The same array passed twice is staged once. Read-only arrays are copied in only.
-    """
-
-    def __init__(self, pool: SharedPool):
-        self._pool = pool
-        self._copies: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # type: ignore[type-arg]
-        self.bytes_in = 0
-        self.bytes_back = 0
-
-    def _shared(self, array: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
-        if self._pool.is_shared(array):
-            return array
-        found = self._copies.get(id(array))
-        if found is None:
-            copy = self._pool.empty_like(array)
-            np.copyto(copy, array)
-            if not array.flags.writeable:
-                copy.flags.writeable = False
-            self.bytes_in += array.nbytes
-            found = self._copies[id(array)] = (array, copy)
-        return found[1]
-
-    def stage(self, split: SplitArgs) -> tuple[tuple[_arrays.ArrayRef | None, ...], dict[int, Any]]:
-        """The refs of the chunked arrays (by position) and the whole objects, staged."""
-        count = max([*split.chunked, *split.wholes]) + 1
-        refs: list[_arrays.ArrayRef | None] = [None] * count
-        for i, array in split.chunked.items():
-            refs[i] = _arrays.ref_of(self._shared(array))
-        wholes = {
-            i: self._shared(obj) if isinstance(obj, np.ndarray) and obj.dtype != object else obj
-            for i, obj in split.wholes.items()
-        }
-        return tuple(refs), wholes
-
-    def finish(self) -> None:
-        """Copy writable originals back and free the copies."""
-        for original, copy in self._copies.values():
-            if original.flags.writeable:
-                np.copyto(original, copy)
-                self.bytes_back += original.nbytes
-        for _, copy in self._copies.values():
-            if not self._pool.closed:
-                self._pool._free_block(_arrays.ref_of(copy).path)  # type: ignore[union-attr]
-        self._copies.clear()
 
 
 def _order_of(a: np.ndarray) -> str:  # type: ignore[type-arg]
@@ -540,13 +457,6 @@ def operator_index(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(value)
     return int(value)
-
-
-def _dumps_or_raise(obj: object, what: str) -> bytes:
-    try:
-        return _pickling.dumps(obj)
-    except Exception as exc:
-        raise TypeError(f"{what} cannot be pickled to send to the workers: {exc}") from exc
 
 
 def _preload_in_forkserver(ctx: Any) -> None:

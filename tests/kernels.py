@@ -119,3 +119,22 @@ def init_tag(x: np.ndarray) -> tuple[str, int]:
 
 def failing_init() -> None:
     raise RuntimeError("initializer exploded")
+
+
+def square(v: Any) -> Any:
+    return v * v
+
+
+def fail_at_five(v: int) -> int:
+    if v == 5:
+        raise ValueError("five")
+    return v
+
+
+def slow_square(v: float) -> float:
+    time.sleep(0.002)
+    return v * v
+
+
+def add(a: Any, b: Any, *, scale: int = 1) -> Any:
+    return (a + b) * scale

@@ -13,7 +13,11 @@ from .conftest import assert_clean_stderr
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
-SMALL_ARGS = {"image_filter.py": ["--images", "40"], "reduction.py": ["--n", "200000"]}
+SMALL_ARGS = {
+    "image_filter.py": ["--images", "40"],
+    "reduction.py": ["--n", "200000"],
+    "batch_job.py": ["--files", "60"],
+}
 
 
 def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -27,7 +31,7 @@ def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 
 
 def test_there_are_examples() -> None:
-    assert {"image_filter.py", "reduction.py"} <= {p.name for p in EXAMPLES}
+    assert {"image_filter.py", "reduction.py", "batch_job.py", "decorator.py"} <= {p.name for p in EXAMPLES}
 
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.name)
