@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._segments import map_fd
+
 try:  # NumPy 2
     from numpy.lib.array_utils import byte_bounds as _byte_bounds
 except ImportError:  # pragma: no cover - NumPy 1.x
@@ -102,7 +104,7 @@ def attach(path: str, size: int) -> Mapping:
             f"shared block {path} no longer exists: the array was freed or its pool shut down"
         ) from None
     try:
-        mapping = mmap.mmap(fd, size)
+        mapping = map_fd(fd, size)
     finally:
         os.close(fd)
     return register(path, mapping)

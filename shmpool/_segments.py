@@ -19,9 +19,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import mmap
+import multiprocessing
 import os
 import re
 import secrets
+import sys
 import tempfile
 import threading
 from multiprocessing.managers import (  # type: ignore[attr-defined]
@@ -36,6 +38,8 @@ from .errors import ManagerError, SharedMemoryFullError
 
 __all__ = [
     "BLOCK_PREFIX",
+    "map_fd",
+    "raise_fd_limit",
     "TEMP_FOLDER_ENV",
     "BlockManager",
     "block_folder",
@@ -111,13 +115,42 @@ def create_block(folder: str, size: int) -> tuple[str, mmap.mmap]:
     try:
         os.ftruncate(fd, size)
         _reserve(fd, size, folder)
-        mapping = mmap.mmap(fd, size)
+        mapping = map_fd(fd, size)
     except BaseException:
         unlink_quietly(path)
         raise
     finally:
         os.close(fd)
     return path, mapping
+
+
+def map_fd(fd: int, size: int) -> mmap.mmap:
+    """Map ``size`` bytes of ``fd`` shared and writable, without keeping a descriptor.
+
+    Before Python 3.13 an mmap object holds a duplicate of the descriptor for its whole
+    life, one per block in every process that maps it; :func:`raise_fd_limit` makes room.
+    """
+    if sys.version_info >= (3, 13):
+        return mmap.mmap(fd, size, trackfd=False)
+    return mmap.mmap(fd, size)
+
+
+def raise_fd_limit() -> None:
+    """Raise this process's soft limit on open files to the hard limit (Python < 3.13).
+
+    Each mapped block costs a descriptor there, and the usual soft limit (1024) would cap a
+    pool at about a thousand live arrays.
+    """
+    if sys.version_info >= (3, 13):
+        return
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
 
 
 def _reserve(fd: int, size: int, folder: str) -> None:
@@ -180,7 +213,7 @@ class _BlockServer(SharedMemoryServer):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self._paths: set[str] = set()
         self._paths_lock = threading.Lock()
-        watch_parent(self._unlink_all)
+        watch_parent(self._parent_died)
 
     def track_segment(self, c: Any, segment_name: str) -> None:
         with self._paths_lock:
@@ -198,6 +231,19 @@ class _BlockServer(SharedMemoryServer):  # type: ignore[misc]
     def shutdown(self, c: Any) -> Any:
         self._unlink_all()
         return super().shutdown(c)
+
+    def _parent_died(self) -> None:
+        # Unlink what we track, and also any block the parent made but had not handed to us
+        # yet (it died between creating the file and the track call).
+        with self._paths_lock:
+            folders = {os.path.dirname(p) for p in self._paths}
+        self._unlink_all()
+        parent = multiprocessing.parent_process()
+        if parent is not None and parent.pid is not None:
+            for folder in folders:
+                for path in list_blocks(folder):
+                    if os.path.basename(path).startswith(f"{BLOCK_PREFIX}{parent.pid}_"):
+                        unlink_quietly(path)
 
     def _unlink_all(self) -> None:
         with self._paths_lock:

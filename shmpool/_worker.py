@@ -21,6 +21,7 @@ from . import _arrays, _pickling
 from ._control import ControlBlock
 from ._lifeline import watch_parent
 from ._protocol import InitFailed, MapDone, MapJob, Ready, Release, RemoteError, Stop, TaskBatch, TaskDone
+from ._segments import raise_fd_limit
 
 __all__ = ["IN_WORKER", "remote_error", "worker_main"]
 
@@ -72,6 +73,7 @@ def worker_main(
     IN_WORKER = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     watch_parent(lambda: None)
+    raise_fd_limit()
     fd = os.open(control_path, os.O_RDWR)
     control = ControlBlock(mmap.mmap(fd, ControlBlock.size_for(workers)), workers, fd)
     try:

@@ -29,7 +29,14 @@ from ._control import ControlBlock
 from ._dispatch import Dispatcher
 from ._maprun import dumps_or_raise, plan_map
 from ._progress import resolve_progress
-from ._segments import BlockManager, block_folder, create_block, sweep_dead_blocks, unlink_quietly
+from ._segments import (
+    BlockManager,
+    block_folder,
+    create_block,
+    raise_fd_limit,
+    sweep_dead_blocks,
+    unlink_quietly,
+)
 from .errors import ManagerError, PoolClosedError
 from .kernel import pop_active, push_active
 
@@ -171,6 +178,7 @@ class SharedPool:
         if method == "forkserver":
             _preload_in_forkserver(ctx)
         sweep_dead_blocks(self._folder)
+        raise_fd_limit()
         try:
             res.control_path, control_map = create_block(self._folder, ControlBlock.size_for(self._workers))
             res.control = ControlBlock(control_map, self._workers)
