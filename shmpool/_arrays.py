@@ -152,9 +152,11 @@ def ref_of(array: np.ndarray) -> ArrayRef | None:  # type: ignore[type-arg]
 def view_from_ref(ref: ArrayRef) -> np.ndarray:  # type: ignore[type-arg]
     """The array that ``ref`` names, as a view on this process's mapping of its block."""
     entry = attach(ref.path, ref.block_size)
-    view: np.ndarray = np.ndarray(  # type: ignore[type-arg]
-        ref.shape, ref.dtype, buffer=entry.mmap, offset=ref.offset, strides=ref.strides
-    )
+    if 0 in ref.shape:
+        # An empty view's offset and strides may point anywhere; any empty view will do.
+        view: np.ndarray = np.ndarray(ref.shape, ref.dtype, buffer=entry.mmap)  # type: ignore[type-arg]
+    else:
+        view = np.ndarray(ref.shape, ref.dtype, buffer=entry.mmap, offset=ref.offset, strides=ref.strides)
     if not ref.writeable:
         view.flags.writeable = False
     return view

@@ -61,6 +61,11 @@ class ControlBlock:
         start = slot * self._stride + _FIXED
         return sum(self._words[start : start + self._workers])
 
+    def worked_on(self, slot: int, worker: int) -> bool:
+        """Whether ``worker`` has claimed or finished any chunk of the map in ``slot``."""
+        done, current = self.worker_words(slot, worker)
+        return bool(self._words[done] or self._words[current])
+
     def current_chunk(self, slot: int, worker: int) -> int | None:
         """The chunk ``worker`` is running in ``slot``, or None between chunks."""
         value = self._words[slot * self._stride + _FIXED + self._workers + worker]
@@ -78,12 +83,14 @@ class ControlBlock:
 
     # ---- worker side ------------------------------------------------------------------
 
-    def claim(self, slot: int) -> tuple[int, int]:
-        """Claim the next run of chunks: ``(start, stop)``, empty when none is left.
+    def claim(self, slot: int, worker: int) -> tuple[int, int]:
+        """Claim the next run of chunks for ``worker``: ``(start, stop)``, empty when none
+        is left.
 
         Guided self-scheduling: take about a ``1 / (2 * workers)`` share of what is left,
         at least one chunk, so tiny chunks cost one lock per batch while the tail of the
-        map is still spread over all workers.
+        map is still spread over all workers. The worker's current-chunk word is set under
+        the lock, so a worker that dies holding unrun chunks is always seen to have worked.
         """
         assert self._lock_fd is not None
         base = slot * self._stride
@@ -95,6 +102,7 @@ class ControlBlock:
             if left <= 0 or words[base + _CANCEL]:
                 return start, start
             stop = start + max(1, left // (2 * self._workers))
+            words[base + _FIXED + self._workers + worker] = start + 1
             words[base + _NEXT] = stop
             return start, stop
         finally:

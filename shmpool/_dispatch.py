@@ -114,6 +114,7 @@ class MapCall(_Call):
     def __init__(self, job_id: int, slot: int, total: int, workers: set[_Worker]):
         super().__init__(job_id, slot, workers)
         self.total = total
+        self.job = b""  # the pickled MapJob, resent to a worker that replaces an idle one
         self.replies: list[MapDone] = []
         self.errors: list[RemoteError] = []
         self.chunks_run = 0
@@ -122,9 +123,10 @@ class MapCall(_Call):
 class TaskCall(_Call):
     """One batch of calls (a ``submit``, or ``imap`` items from ``first``) on one worker."""
 
-    def __init__(self, job_id: int, slot: int, worker: _Worker, first: int):
+    def __init__(self, job_id: int, slot: int, worker: _Worker, first: int, count: int):
         super().__init__(job_id, slot, {worker})
         self.first = first
+        self.count = count
         self.reply: TaskDone | None = None
 
 
@@ -211,7 +213,7 @@ class Dispatcher:
             targets = [w for w in self._workers if w.alive]
             call = MapCall(job_id, slot, total, set(targets))
             self._calls[job_id] = call
-        data = pickle.dumps(job(job_id, slot), protocol=5)
+        call.job = data = pickle.dumps(job(job_id, slot), protocol=5)
         for worker in targets:
             worker.send(data)
         return call
@@ -221,6 +223,7 @@ class Dispatcher:
         fn: bytes,
         items: bytes,
         *,
+        count: int = 1,
         first: int = 0,
         star: bool = False,
         slot: int = -1,
@@ -235,7 +238,7 @@ class Dispatcher:
             worker = min((w for w in self._workers if w.alive), key=lambda w: w.load)
             worker.load += 1
             job_id = next(self._job_ids)
-            call = TaskCall(job_id, slot, worker, first)
+            call = TaskCall(job_id, slot, worker, first, count)
             call.on_done = on_done
             self._calls[job_id] = call
         worker.send(pickle.dumps(TaskBatch(job_id, slot, fn, items, first, star), protocol=5))
@@ -358,16 +361,14 @@ class Dispatcher:
         worker.process.join(timeout=1.0)
         exitcode = worker.process.exitcode
         finished: list[_Call] = []
+        handover: list[MapCall] = []
+        replacement = None
         with self._lock:
             worker.alive = False
             worker.conn.close()
-            for call in [c for c in self._calls.values() if worker in c.waiting]:
+            affected = [c for c in self._calls.values() if worker in c.waiting]
+            for call in affected:
                 call.waiting.discard(worker)
-                if call.failure is None:
-                    call.failure = self._death_error(worker, exitcode, call)
-                if call.slot >= 0:
-                    self.control.cancel(call.slot)
-                finished += self._maybe_finish(call)
             if not (self._stopping or self.broken is not None):
                 if not worker.ready:
                     self._startup_deaths += 1
@@ -377,9 +378,30 @@ class Dispatcher:
                         f"{describe_exit(exitcode)}",
                         exitcode=exitcode,
                     )
-                    finished += self._fail_all(self.broken)
                 else:
-                    self._workers[worker.index] = self._start_worker(worker.index)
+                    replacement = self._workers[worker.index] = self._start_worker(worker.index)
+            for call in affected:
+                if (
+                    replacement is not None
+                    and isinstance(call, MapCall)
+                    and call.failure is None
+                    and not self.control.worked_on(call.slot, worker.index)
+                ):
+                    # It died before touching this map (idle, or still starting): nothing
+                    # was lost, so its replacement takes its place in the map.
+                    call.waiting.add(replacement)
+                    handover.append(call)
+                    continue
+                if call.failure is None:
+                    call.failure = self._death_error(worker, exitcode, call)
+                if isinstance(call, MapCall):
+                    self.control.cancel(call.slot)  # an imap cancels itself, in order
+                finished += self._maybe_finish(call)
+            if self.broken is not None:
+                finished += self._fail_all(self.broken)
+        for call in handover:
+            assert replacement is not None
+            replacement.send(call.job)
         self._notify(finished)
 
     def _death_error(self, worker: _Worker, exitcode: int | None, call: _Call) -> BaseException:

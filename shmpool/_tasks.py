@@ -16,7 +16,7 @@ import itertools
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _pickling
@@ -98,6 +98,8 @@ def _task_results(call: _Call, name: str) -> tuple[list[Any], BaseException | No
     results: list[Any] = _pickling.loads(call.reply.results)
     error = call.reply.error
     if error is None:
+        if len(results) < call.count:
+            raise CancelledError(f"the call of {name!r} was cancelled")
         return results, None
     where = f"{name!r}" if error.chunk is None else f"{name!r} on item {error.chunk}"
     return results, rebuild_error(error, where)

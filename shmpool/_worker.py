@@ -120,7 +120,7 @@ def _run_map(job: MapJob, control: ControlBlock, index: int, kernels: _KernelCac
         chunked = [(i, (slice(None),) * job.axes[i]) for i, ref in enumerate(job.arrays) if ref is not None]
         plan, slot = job.plan, job.slot
         while True:
-            start, stop = control.claim(slot)
+            start, stop = control.claim(slot, index)
             if start == stop:
                 break
             for chunk in range(start, stop):

@@ -122,3 +122,17 @@ def test_keyboard_interrupt_kills_stuck_kernel(start_method: str) -> None:
     )
     assert float(proc.stdout) < 3.0
     assert "Traceback" not in proc.stderr
+
+
+def test_worker_crash_during_submit_and_imap(pool: shmpool.SharedPool) -> None:
+    future = pool.submit(kernels.crash_on, np.array([1]), bad=1, how="kill")
+    with pytest.raises(shmpool.WorkerCrashedError, match="SIGKILL"):
+        future.result(timeout=10)
+    seen = []
+    with pytest.raises(shmpool.WorkerCrashedError, match=r"item 7") as info:
+        for value in pool.imap(lambda i: kernels.crash_on(np.array([i]), bad=7, how="exit") or i, range(50)):
+            seen.append(value)
+    assert info.value.exitcode == 3 and info.value.chunk == 7
+    assert seen == list(range(7))
+    assert list(pool.imap(kernels.square, range(5))) == [0, 1, 4, 9, 16]
+    assert pool.submit(kernels.square, 3).result(timeout=10) == 9

@@ -107,11 +107,18 @@ def test_map_async_cancel_before_start(shared_pool: shmpool.SharedPool) -> None:
     def mark(x: np.ndarray) -> None:
         marker[0] += 1
 
-    futures = [shared_pool.map_async(mark, np.zeros(1)) for _ in range(3)]
-    cancelled = [f.cancel() for f in futures]
+    # Keep every worker busy so that the next map cannot start any chunk yet.
+    blocker = shared_pool.map_async(kernels.sleep_chunk, np.zeros(shared_pool.workers), chunks=1, seconds=0.5)
+    time.sleep(0.1)
+    futures = [shared_pool.map_async(mark, np.zeros(4), chunks=1) for _ in range(3)]
+    assert all(f.cancel() for f in futures)
+    assert all(f.cancelled() for f in futures)
+    blocker.result(timeout=30)
     wait(futures, timeout=10)
-    assert all(cancelled) and all(f.cancelled() for f in futures)
-    assert marker[0] <= 3
+    deadline = time.monotonic() + 5
+    while shared_pool._res.dispatcher._calls and time.monotonic() < deadline:  # type: ignore[union-attr]
+        time.sleep(0.01)
+    assert marker[0] == 0  # not one chunk of a cancelled map ran
 
 
 def test_imap_ordered_and_unordered(shared_pool: shmpool.SharedPool) -> None:
