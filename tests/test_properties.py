@@ -105,7 +105,7 @@ def test_free_never_disturbs_live_arrays(
     live: list[tuple[np.ndarray, bytes]] = []
     for n, (op, value, dtype) in enumerate(ops):
         if op == "alloc":
-            a = shared_pool.full(value, n % 2 == 0 if dtype == bool else n % 100, dtype=dtype)
+            a = shared_pool.full(value, n % 2 == 0 if dtype.kind == "b" else n % 100, dtype=dtype)
             live.append((a, a.tobytes()))
         elif live:
             a, _ = live.pop(value % len(live))

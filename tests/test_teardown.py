@@ -196,7 +196,7 @@ def test_many_pools_at_once_and_in_a_loop() -> None:
         pass  # warm up one-time state (the resource tracker, imports)
     pools = [shmpool.SharedPool(1, start_method=m) for m in ("fork", "forkserver", "fork", "forkserver")]
     arrays = [p.full(100, float(i)) for i, p in enumerate(pools)]
-    for p, a in zip(pools, arrays):
+    for p, a in zip(pools, arrays, strict=True):
         p.map(kernels.double_in_place, a)
     for p in pools:
         p.close()
