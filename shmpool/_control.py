@@ -77,6 +77,10 @@ class ControlBlock:
         """Tell every worker in this slot's map to stop claiming chunks."""
         self._words[slot * self._stride + _CANCEL] = 1
 
+    def cancel_word(self, slot: int) -> int:
+        """Index of ``slot``'s cancel flag in :attr:`words`, for a worker's hot loop."""
+        return slot * self._stride + _CANCEL
+
     def cancelled(self, slot: int) -> bool:
         """Whether the map in ``slot`` was cancelled."""
         return bool(self._words[slot * self._stride + _CANCEL])

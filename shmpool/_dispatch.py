@@ -35,13 +35,13 @@ import contextlib
 import itertools
 import os
 import pickle
+import select
 import signal
 import threading
 from collections.abc import Callable
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
-from typing import Any
 
 from ._control import MAX_SLOTS, ControlBlock
 from ._protocol import InitFailed, MapDone, MapJob, Ready, Release, RemoteError, Stop, TaskBatch, TaskDone
@@ -50,6 +50,8 @@ from ._worker import worker_main
 from .errors import PoolClosedError, WorkerCrashedError
 
 __all__ = ["Dispatcher", "MapCall", "TaskCall"]
+
+_POLL_MASK = select.POLLIN | select.POLLHUP | select.POLLERR
 
 # How long close() waits for a worker to leave after Stop before it is killed.
 JOIN_TIMEOUT_S = 5.0
@@ -275,21 +277,42 @@ class Dispatcher:
     # ---- the supervisor -----------------------------------------------------------------
 
     def _supervise(self) -> None:
+        # One poll object for the pool's life (rebuilding a selector per wake-up, as
+        # multiprocessing.connection.wait does, costs tens of microseconds per reply).
+        poller = select.poll()
+        owners: dict[int, tuple[bool, _Worker]] = {}  # fd -> (is the sentinel, worker)
+
+        def watch(worker: _Worker) -> None:
+            for fd, is_sentinel in ((worker.conn.fileno(), False), (worker.process.sentinel, True)):
+                poller.register(fd, _POLL_MASK)
+                owners[fd] = (is_sentinel, worker)
+
+        def unwatch(worker: _Worker) -> None:
+            for fd in [fd for fd, (_, w) in owners.items() if w is worker]:
+                poller.unregister(fd)
+                del owners[fd]
+
+        poller.register(self._wakeup_r, select.POLLIN)
+        with self._lock:
+            for worker in self._workers:
+                if worker.alive:
+                    watch(worker)
         while True:
             with self._lock:
-                live = [w for w in self._workers if w.alive]
-                if self._stopping and not live:
+                if self._stopping and not any(w.alive for w in self._workers):
                     return
-            by_conn: dict[Any, _Worker] = {w.conn: w for w in live}
-            by_sentinel: dict[Any, _Worker] = {w.process.sentinel: w for w in live}
-            ready = wait([*by_conn, *by_sentinel, self._wakeup_r])
-            for item in ready:
-                if item in by_conn:
-                    self._receive(by_conn[item])
-            for item in ready:
-                if item in by_sentinel:
-                    self._on_death(by_sentinel[item])
-            if self._wakeup_r in ready:
+            events = poller.poll()
+            ready = [owners[fd] for fd, _ in events if fd in owners]
+            for is_sentinel, worker in ready:
+                if not is_sentinel and worker.alive:
+                    self._receive(worker)
+            for is_sentinel, worker in ready:
+                if is_sentinel and any(w is worker for _, w in owners.values()):
+                    unwatch(worker)
+                    replacement = self._on_death(worker)
+                    if replacement is not None:
+                        watch(replacement)
+            if any(fd == self._wakeup_r for fd, _ in events):
                 os.read(self._wakeup_r, 4096)
 
     def _receive(self, worker: _Worker) -> bool:
@@ -349,7 +372,8 @@ class Dispatcher:
             if call.on_done is not None:
                 call.on_done(call)
 
-    def _on_death(self, worker: _Worker) -> None:
+    def _on_death(self, worker: _Worker) -> _Worker | None:
+        """Fail or hand over the calls ``worker`` was in; return its replacement, if any."""
         while True:  # replies it sent before dying still count
             try:
                 if not worker.conn.poll():
@@ -403,6 +427,7 @@ class Dispatcher:
             assert replacement is not None
             replacement.send(call.job)
         self._notify(finished)
+        return replacement
 
     def _death_error(self, worker: _Worker, exitcode: int | None, call: _Call) -> BaseException:
         if self._killing:

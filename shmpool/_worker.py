@@ -119,18 +119,24 @@ def _run_map(job: MapJob, control: ControlBlock, index: int, kernels: _KernelCac
         args.extend(arrays)
         chunked = [(i, (slice(None),) * job.axes[i]) for i, ref in enumerate(job.arrays) if ref is not None]
         plan, slot = job.plan, job.slot
+        cancel_word = control.cancel_word(slot)
+        # The per-chunk loop is the W1 hot path: no method calls but the kernel's.
+        size, length, offsets = plan.size, plan.length, plan.offsets
         while True:
             start, stop = control.claim(slot, index)
             if start == stop:
                 break
             for chunk in range(start, stop):
-                if control.cancelled(slot):
+                if words[cancel_word]:
                     break
                 words[current_word] = chunk + 1
-                low, high = plan.bounds(chunk)
-                part = slice(low, high)
+                if offsets is None:
+                    low = chunk * size
+                    high = min(low + size, length)
+                else:
+                    low, high = offsets[chunk], offsets[chunk + 1]
                 for i, lead in chunked:
-                    args[i] = arrays[i][lead + (part,)]  # noqa: RUF005 - hot loop
+                    args[i] = arrays[i][low:high] if not lead else arrays[i][lead + (slice(low, high),)]  # noqa: RUF005
                 value = kernel(*args, **kwargs)
                 if value is not None:
                     results.append((chunk, value))
