@@ -1,0 +1,59 @@
+"""The public surface is exactly what __all__ says, and importing it is cheap."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import shmpool
+
+EXPECTED = {
+    "Kernel",
+    "KernelError",
+    "ManagerError",
+    "PoolClosedError",
+    "PoolStats",
+    "SharedMemoryFullError",
+    "SharedPool",
+    "ShmpoolError",
+    "WorkerCrashedError",
+    "__version__",
+    "active_pool",
+    "default_pool",
+    "default_start_method",
+    "kernel",
+    "usable_cpus",
+    "whole",
+}
+
+
+def test_all_is_pinned() -> None:
+    assert set(shmpool.__all__) == EXPECTED
+    for name in shmpool.__all__:
+        assert getattr(shmpool, name) is not None
+    assert set(dir(shmpool)) >= EXPECTED
+
+
+def test_errors_hierarchy() -> None:
+    assert issubclass(shmpool.PoolClosedError, shmpool.ShmpoolError)
+    assert issubclass(shmpool.PoolClosedError, RuntimeError)
+    assert issubclass(shmpool.WorkerCrashedError, RuntimeError)
+    assert issubclass(shmpool.SharedMemoryFullError, MemoryError)
+    assert issubclass(shmpool.ManagerError, shmpool.ShmpoolError)
+    assert issubclass(shmpool.KernelError, shmpool.ShmpoolError)
+
+
+def test_unknown_attribute() -> None:
+    try:
+        shmpool.no_such_thing  # type: ignore[attr-defined]  # noqa: B018
+    except AttributeError as exc:
+        assert "no_such_thing" in str(exc)
+    else:
+        raise AssertionError("expected AttributeError")
+
+
+def test_private_modules_do_not_import_numpy() -> None:
+    # The manager process only needs shmpool._segments; under spawn it must stay light.
+    code = "import sys, shmpool._segments; print('numpy' in sys.modules, 'cloudpickle' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
