@@ -56,7 +56,7 @@ class MapRun:
     kernel_bytes: bytes
     split: SplitArgs
     plan: ChunkPlan
-    kwargs: dict[str, Any]
+    kwargs_bytes: bytes
     count: int  # positional arguments
     bar_options: dict[str, Any] | None
     timeout: float | None
@@ -81,20 +81,21 @@ class MapRun:
     def execute(self) -> list[Any]:
         """Run the map and return the kernel's return values in chunk order."""
         if self.split.length == 0:
-            dumps_or_raise((self.split.wholes, self.kwargs), "the whole() and keyword arguments")
+            dumps_or_raise(self.split.wholes, "the whole() arguments")
             return []
         staging = _Staging(self.pool)
         call = None
         try:
             refs, wholes = staging.stage(self.split)
-            payload = dumps_or_raise((wholes, self.kwargs), "the whole() and keyword arguments")
+            wholes_bytes = dumps_or_raise(wholes, "the whole() arguments")
             axes = tuple(self.split.axes.get(i, -1) for i in range(self.count))
-            kernel, plan = self.kernel_bytes, self.plan
+            kernel, plan, kwargs = self.kernel_bytes, self.plan, self.kwargs_bytes
             with self._lock:
                 if self.cancelled:
                     raise CancelledError(f"map of kernel {self.name!r} was cancelled")
                 call = self.call = self._dispatcher.submit_map(
-                    lambda job_id, slot: MapJob(job_id, slot, kernel, payload, refs, axes, plan), len(plan)
+                    lambda job_id, slot: MapJob(job_id, slot, kernel, wholes_bytes, kwargs, refs, axes, plan),
+                    len(plan),
                 )
             self._wait(call)
             # Results may be views of staged copies: rebuild them before the copies go.
@@ -187,7 +188,9 @@ def plan_map(
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     name = kernel_name(kernel)
     kernel_bytes = dumps_or_raise(kernel, f"kernel {name!r}")
-    return MapRun(pool, name, kernel_bytes, split, plan, kwargs, len(arrays), bar_options, timeout)
+    # Keywords are pickled now, so that one that cannot be pickled fails before staging.
+    kwargs_bytes = dumps_or_raise(kwargs, "the keyword arguments")
+    return MapRun(pool, name, kernel_bytes, split, plan, kwargs_bytes, len(arrays), bar_options, timeout)
 
 
 class _Staging:
@@ -207,7 +210,7 @@ class _Staging:
             return array
         found = self._copies.get(id(array))
         if found is None:
-            copy = self._pool.empty_like(array)
+            copy = self._pool._staging_array(array)
             np.copyto(copy, array)
             if not array.flags.writeable:
                 copy.flags.writeable = False
@@ -228,13 +231,16 @@ class _Staging:
         return tuple(refs), wholes
 
     def finish(self) -> None:
-        """Copy writable originals back and free the copies."""
-        for original, copy in self._copies.values():
-            if original.flags.writeable:
-                np.copyto(original, copy)
-                self.bytes_back += original.nbytes
-        for _, copy in self._copies.values():
-            ref = _arrays.ref_of(copy)
-            if ref is not None and not self._pool.closed:
-                self._pool._free_block(ref.path)
-        self._copies.clear()
+        """Copy writable originals back, then hand the copies' blocks back to the pool."""
+        paths = [self._copy_back(original, copy) for original, copy in self._copies.values()]
+        self._copies.clear()  # our own references would keep the blocks from being reused
+        for path in paths:
+            self._pool._recycle_staging(path)
+
+    def _copy_back(self, original: np.ndarray, copy: np.ndarray) -> str:  # type: ignore[type-arg]
+        if original.flags.writeable:
+            np.copyto(original, copy)
+            self.bytes_back += original.nbytes
+        ref = _arrays.ref_of(copy)
+        assert ref is not None
+        return ref.path

@@ -33,15 +33,16 @@ class MapJob:
     """Run ``kernel(*views, **kwargs)`` over chunks claimed from control slot ``slot``.
 
     ``arrays`` has one entry per positional argument: the ArrayRef of a chunked array, or
-    None where the argument is a whole() object carried in ``payload``. ``kernel`` is the
-    pickled kernel (a worker caches the last one); ``payload`` unpickles to
-    ``(wholes, kwargs)``, ``wholes`` mapping positions to objects.
+    None where the argument is a whole() object carried in ``wholes``. ``kernel`` is the
+    pickled kernel (a worker caches the last one); ``wholes`` unpickles to a dict from
+    positions to objects, ``kwargs`` to the keyword arguments.
     """
 
     job_id: int
     slot: int
     kernel: bytes
-    payload: bytes
+    wholes: bytes
+    kwargs: bytes
     arrays: tuple[ArrayRef | None, ...]
     axes: tuple[int, ...]  # per position: the axis its array is split along (-1: whole)
     plan: ChunkPlan

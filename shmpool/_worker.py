@@ -112,7 +112,8 @@ def _run_map(job: MapJob, control: ControlBlock, index: int, kernels: _KernelCac
     arrays: list[Any] = []
     try:
         kernel = kernels.get(job.kernel)
-        wholes, kwargs = _pickling.loads(job.payload)
+        wholes = _pickling.loads(job.wholes)
+        kwargs = _pickling.loads(job.kwargs)
         arrays.extend(
             _arrays.view_from_ref(ref) if ref is not None else wholes[i] for i, ref in enumerate(job.arrays)
         )

@@ -14,6 +14,7 @@ import math
 import multiprocessing
 import numbers
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -33,6 +34,7 @@ from ._segments import (
     BlockManager,
     block_folder,
     create_block,
+    free_bytes,
     raise_fd_limit,
     sweep_dead_blocks,
     unlink_quietly,
@@ -45,6 +47,11 @@ __all__ = ["START_METHODS", "PoolStats", "SharedPool", "default_start_method", "
 START_METHODS = ("fork", "spawn", "forkserver")
 
 T = TypeVar("T")
+
+# Staging blocks kept for reuse by later maps: enough for a map over a few plain arrays.
+# They stay reserved in the block folder until reused, evicted or the pool closes, and are
+# never kept when that would take more than half of the folder's free space.
+STAGING_CACHE_BLOCKS = 4
 
 
 def usable_cpus() -> int:
@@ -94,6 +101,7 @@ class _Resources:
         self.dispatcher: Dispatcher | None = None
         self.control: ControlBlock | None = None
         self.control_path: str | None = None
+        self.staging_cache: list[_arrays.Mapping] = []
 
     def shutdown(self, kill: bool) -> None:
         """The one teardown path: stop workers, unlink blocks, unmap what is unused."""
@@ -113,6 +121,7 @@ class _Resources:
             with self.lock:
                 paths = list(self.blocks)
                 self.blocks.clear()
+                self.staging_cache.clear()
             if self.control_path is not None:
                 paths.append(self.control_path)
             for path in paths:
@@ -346,6 +355,45 @@ class SharedPool:
             self._res.blocks[path] = entry
         array: np.ndarray = np.ndarray(shape, dtype, buffer=mapping, order=order)  # type: ignore[type-arg,arg-type]
         return array
+
+    def _staging_array(self, like: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
+        """A C-order shared array shaped like ``like`` to stage it, on a cached block when
+        one of the right size is free (see :meth:`_recycle_staging`)."""
+        size = max(like.nbytes, 1)
+        with self._res.lock:
+            entry = next((e for e in self._res.staging_cache if e.size == size), None)
+            if entry is not None:
+                self._res.staging_cache.remove(entry)
+        if entry is None:
+            return self.empty(like.shape, like.dtype)
+        array: np.ndarray = np.ndarray(like.shape, like.dtype, buffer=entry.mmap)  # type: ignore[type-arg]
+        return array
+
+    def _recycle_staging(self, path: str) -> None:
+        """Keep a finished map's staging block for the next map, or free it.
+
+        A reused block is reserved and mapped already, here and in every worker: staging
+        the same plain arrays again costs one memcpy each way instead of page faults. A
+        block that anything still views (a result of the map) is freed instead, so a later
+        map can never overwrite data a caller holds.
+        """
+        entry = self._res.blocks.get(path)
+        if entry is None:
+            return
+        # References: the registry's Mapping and getrefcount's own argument. Any more is
+        # an ndarray built on the block that someone still holds.
+        if self.closed or sys.getrefcount(entry.mmap) > 2:
+            self._free_block(path)
+            return
+        evicted = []
+        with self._res.lock:
+            cache = self._res.staging_cache
+            cache.append(entry)
+            room = free_bytes(self._folder)
+            while len(cache) > STAGING_CACHE_BLOCKS or sum(e.size for e in cache) > room:
+                evicted.append(cache.pop(0))
+        for old in evicted:
+            self._free_block(old.path)
 
     def _free_block(self, path: str) -> None:
         with self._res.lock:

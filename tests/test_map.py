@@ -339,3 +339,22 @@ def test_kwargs_and_repeated_maps_reuse_kernel(shared_pool: shmpool.SharedPool) 
         x[:] = a
         shared_pool.map(kernels.saxpy, x, y, out, a=a)
         assert (out == a * a).all()
+
+
+def test_staging_blocks_are_reused(shared_pool: shmpool.SharedPool) -> None:
+    x = np.arange(50_000.0)
+    shared_pool.map(kernels.double_in_place, x)
+    blocks = set(shared_pool._res.blocks)
+    for _ in range(5):
+        shared_pool.map(kernels.double_in_place, x)
+    assert set(shared_pool._res.blocks) == blocks  # the same staging block every time
+    assert np.array_equal(x, np.arange(50_000.0) * 2**6)
+
+
+def test_a_result_viewing_a_staged_copy_is_never_overwritten(shared_pool: shmpool.SharedPool) -> None:
+    x = np.arange(10.0)
+    views = shared_pool.map(lambda v: v, x, chunks=5)  # views of the staging copy
+    first = [v.copy() for v in views]
+    y = np.full(10, -1.0)
+    shared_pool.map(kernels.double_in_place, y)  # would reuse the block if it were cached
+    assert [v.tolist() for v in views] == [f.tolist() for f in first]
