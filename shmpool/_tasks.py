@@ -11,10 +11,12 @@ and memory stays flat however long it is.
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError, Future
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -35,6 +37,12 @@ T = TypeVar("T")
 # Batches in flight per worker in an imap: two keep a worker busy while its next batch is
 # on the way; four absorb uneven item times. Memory is bounded by this times chunksize.
 IMAP_BATCHES_PER_WORKER = 4
+
+# chunksize="auto": a batch should keep a worker busy about this long (long enough that a
+# message per batch costs little, short enough for smooth progress and ordered results),
+# and hold at most this many items (bounds the memory of items in flight).
+AUTO_BATCH_S = 0.01
+AUTO_BATCH_MAX = 10_000
 
 
 class PendingFuture(Future[T]):
@@ -127,21 +135,55 @@ def imap(
     fn: Callable[[Any], T],
     iterable: Iterable[Any],
     ordered: bool,
-    chunksize: int,
+    chunksize: int | str,
     progress: object,
 ) -> Iterator[T]:
     """Check the arguments now; return the lazy iterator of ``fn(item)`` results."""
     pool._check_open()
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {fn!r}")
-    if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
-        raise ValueError(f"chunksize must be a positive int, got {chunksize!r}")
+    if chunksize != "auto" and (
+        isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1
+    ):
+        raise ValueError(f"chunksize must be a positive int or 'auto', got {chunksize!r}")
     bar_options = resolve_progress(progress, pool._progress)
     name = kernel_name(fn)
     fn_bytes = dumps_or_raise(fn, f"function {name!r}")
     total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
     items = iter(iterable)
-    return _stream(pool, fn_bytes, name, items, ordered, chunksize, bar_options, total)
+    sizer = _BatchSizer(None if chunksize == "auto" else int(chunksize), pool.workers)
+    return _stream(pool, fn_bytes, name, items, ordered, sizer, bar_options, total)
+
+
+class _BatchSizer:
+    """How many items the next imap batch takes: fixed, or with ``chunksize="auto"`` sized
+    so that a batch keeps a worker busy for about ``AUTO_BATCH_S``.
+
+    Auto starts at one item and follows the throughput measured over the last few batches,
+    so cheap items travel in large batches (few messages) and slow items one by one.
+    """
+
+    def __init__(self, fixed: int | None, workers: int):
+        self._fixed = fixed
+        self._workers = workers
+        self._size = 1
+        self._landings: collections.deque[tuple[float, int]] = collections.deque(maxlen=16)
+        self._landed = 0
+
+    def next_size(self) -> int:
+        return self._fixed if self._fixed is not None else self._size
+
+    def landed(self, items: int) -> None:
+        if self._fixed is not None:
+            return
+        now = time.perf_counter()
+        self._landed += items
+        self._landings.append((now, self._landed))
+        first_time, first_count = self._landings[0]
+        if now > first_time and self._landed > first_count:
+            rate = (self._landed - first_count) / (now - first_time)  # items per second, all workers
+            wanted = int(rate / self._workers * AUTO_BATCH_S)
+            self._size = max(1, min(wanted, 2 * self._size + 1, AUTO_BATCH_MAX))
 
 
 def _landed(arrived: queue.SimpleQueue[int], number: int, call: _Call) -> None:
@@ -154,7 +196,7 @@ def _stream(
     name: str,
     items: Iterator[Any],
     ordered: bool,
-    chunksize: int,
+    sizer: _BatchSizer,
     bar_options: dict[str, Any] | None,
     total: int | None,
 ) -> Iterator[Any]:
@@ -172,7 +214,7 @@ def _stream(
     try:
         while True:
             while not exhausted and len(in_flight) + len(landed) < window:
-                batch = list(itertools.islice(items, chunksize))
+                batch = list(itertools.islice(items, sizer.next_size()))
                 if not batch:
                     exhausted = True
                     break
@@ -181,6 +223,7 @@ def _stream(
                 in_flight[number] = dispatcher.submit_tasks(
                     fn_bytes,
                     payload,
+                    count=len(batch),
                     first=position,
                     slot=slot,
                     on_done=functools.partial(_landed, arrived, number),
@@ -200,6 +243,7 @@ def _stream(
                     landed[got] = in_flight.pop(got)
                 call = landed.pop(next(iter(landed)))
             results, error = _task_results(call, name)
+            sizer.landed(len(results))
             for value in results:
                 yield value
                 if bar is not None:

@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -469,14 +469,15 @@ class SharedPool:
         iterable: Iterable[Any],
         *,
         ordered: bool = True,
-        chunksize: int = 1,
+        chunksize: int | Literal["auto"] = 1,
         progress: bool | dict[str, Any] | None = None,
     ) -> Iterator[T]:
         """An iterator of ``fn(item)`` for each item of ``iterable``, run in the workers.
 
         Results come in input order when ``ordered``, else as they finish. The iterable is
         consumed lazily with a bounded number of items in flight, so an endless generator
-        works. ``chunksize`` items travel per message (raise it for small, fast items). An
+        works. ``chunksize`` items travel per message: raise it for small, fast items, or pass
+        ``"auto"`` to size batches from the measured throughput (about 10 ms each). An
         exception in ``fn`` is raised from the iterator at that item's position, with the
         remote traceback, and the remaining items are cancelled; so is closing the iterator
         early. ``progress``: a tqdm bar counting items (the total is known when the

@@ -212,3 +212,26 @@ def test_several_threads_at_once(shared_pool: shmpool.SharedPool) -> None:
     for t in threads:
         t.join()
     assert not errors, errors
+
+
+def test_imap_auto_chunksize(shared_pool: shmpool.SharedPool) -> None:
+    items = range(200_000)
+    start = time.perf_counter()
+    got = list(shared_pool.imap(kernels.square, items, chunksize="auto"))
+    elapsed = time.perf_counter() - start
+    assert got == [i * i for i in items]
+    # One item per message would take over 10 s here; auto batching grows the batches.
+    assert elapsed < 10.0
+    slow = list(shared_pool.imap(kernels.slow_square, range(20), chunksize="auto", ordered=False))
+    assert sorted(slow) == [i * i for i in range(20)]
+
+
+def test_imap_cancelled_batches_are_not_taken_for_results(shared_pool: shmpool.SharedPool) -> None:
+    # A batch cut short by cancellation must raise, never yield fewer results silently.
+    stream = shared_pool.imap(kernels.slow_square, range(400), chunksize=50)
+    assert next(stream) == 0
+    shared_pool._res.dispatcher.control.cancel(  # type: ignore[union-attr]
+        next(iter(shared_pool._res.dispatcher._calls.values())).slot  # type: ignore[union-attr]
+    )
+    with pytest.raises(CancelledError):
+        list(stream)
