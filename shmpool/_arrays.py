@@ -51,6 +51,7 @@ class Mapping:
 
 
 _lock = threading.Lock()
+_attach_lock = threading.Lock()
 _by_path: dict[str, Mapping] = {}
 _by_mmap_id: dict[int, Mapping] = {}
 _addresses: list[int] = []  # sorted start addresses, parallel to _ordered
@@ -97,17 +98,21 @@ def attach(path: str, size: int) -> Mapping:
     entry = _by_path.get(path)
     if entry is not None:
         return entry
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"shared block {path} no longer exists: the array was freed or its pool shut down"
-        ) from None
-    try:
-        mapping = map_fd(fd, size)
-    finally:
-        os.close(fd)
-    return register(path, mapping)
+    with _attach_lock:  # two threads meeting the same new block map it once
+        entry = _by_path.get(path)
+        if entry is not None:
+            return entry
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"shared block {path} no longer exists: the array was freed or its pool shut down"
+            ) from None
+        try:
+            mapping = map_fd(fd, size)
+        finally:
+            os.close(fd)
+        return register(path, mapping)
 
 
 def locate(array: np.ndarray) -> tuple[Mapping, int] | None:  # type: ignore[type-arg]
@@ -163,9 +168,10 @@ def view_from_ref(ref: ArrayRef) -> np.ndarray:  # type: ignore[type-arg]
 
 
 def _reset_lock_after_fork() -> None:
-    # A fork taken while another thread held the lock would leave the child's copy locked.
-    global _lock
+    # A fork taken while another thread held a lock would leave the child's copy locked.
+    global _lock, _attach_lock
     _lock = threading.Lock()
+    _attach_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_reset_lock_after_fork)
