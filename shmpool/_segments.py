@@ -39,6 +39,7 @@ from .errors import ManagerError, SharedMemoryFullError
 __all__ = [
     "BLOCK_PREFIX",
     "map_fd",
+    "new_pool_tag",
     "raise_fd_limit",
     "TEMP_FOLDER_ENV",
     "BlockManager",
@@ -53,7 +54,10 @@ __all__ = [
 BLOCK_PREFIX = "shmpool_"
 TEMP_FOLDER_ENV = "SHMPOOL_TEMP_FOLDER"
 _SHM_FOLDER = "/dev/shm"
-_NAME_RE = re.compile(rf"^{BLOCK_PREFIX}(\d+)_[0-9a-f]+$")
+# shmpool_<creator pid>_<pool tag>_<random>: the PID lets a later pool start sweep blocks
+# of dead creators; the pool tag lets a manager sweep its own pool's blocks and nothing
+# else, even when the kernel has reused its dead parent's PID for a new process.
+_NAME_RE = re.compile(rf"^{BLOCK_PREFIX}(\d+)_([0-9a-f]+)_[0-9a-f]+$")
 
 # posix_fallocate errors that mean "this file system cannot reserve", not "it is full".
 _NO_FALLOCATE = {errno.EOPNOTSUPP, errno.EINVAL, errno.ENODEV, errno.ENOSYS}
@@ -94,7 +98,12 @@ def _full_error(folder: str, requested: int, available: int) -> SharedMemoryFull
     )
 
 
-def create_block(folder: str, size: int) -> tuple[str, mmap.mmap]:
+def new_pool_tag() -> str:
+    """A random tag naming one pool's blocks."""
+    return secrets.token_hex(4)
+
+
+def create_block(folder: str, size: int, pool_tag: str) -> tuple[str, mmap.mmap]:
     """Create, reserve and map a new block of ``size`` bytes; return its path and mapping.
 
     The space is checked and then reserved before anything touches the pages, so a full
@@ -106,7 +115,7 @@ def create_block(folder: str, size: int) -> tuple[str, mmap.mmap]:
     if size > available:
         raise _full_error(folder, size, available)
     while True:
-        path = os.path.join(folder, f"{BLOCK_PREFIX}{os.getpid()}_{secrets.token_hex(6)}")
+        path = os.path.join(folder, f"{BLOCK_PREFIX}{os.getpid()}_{pool_tag}_{secrets.token_hex(6)}")
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
@@ -206,6 +215,12 @@ def sweep_dead_blocks(folder: str) -> list[str]:
     return removed
 
 
+def _pool_prefix(path: str) -> tuple[str, str]:
+    """The folder and the ``shmpool_<pid>_<pool tag>_`` prefix of a block path."""
+    folder, name = os.path.split(path)
+    return folder, name[: name.rindex("_") + 1]
+
+
 class _BlockServer(SharedMemoryServer):  # type: ignore[misc]
     """The manager's server: tracks block paths and unlinks them at shutdown or parent death."""
 
@@ -233,17 +248,15 @@ class _BlockServer(SharedMemoryServer):  # type: ignore[misc]
         return super().shutdown(c)
 
     def _parent_died(self) -> None:
-        # Unlink what we track, and also any block the parent made but had not handed to us
-        # yet (it died between creating the file and the track call).
+        # Unlink what we track, and also any block of our pool that the parent made but had
+        # not handed to us yet (it died between creating the file and the track call).
         with self._paths_lock:
-            folders = {os.path.dirname(p) for p in self._paths}
+            prefixes = {_pool_prefix(p) for p in self._paths}
         self._unlink_all()
-        parent = multiprocessing.parent_process()
-        if parent is not None and parent.pid is not None:
-            for folder in folders:
-                for path in list_blocks(folder):
-                    if os.path.basename(path).startswith(f"{BLOCK_PREFIX}{parent.pid}_"):
-                        unlink_quietly(path)
+        for folder, prefix in prefixes:
+            for path in list_blocks(folder):
+                if os.path.basename(path).startswith(prefix):
+                    unlink_quietly(path)
 
     def _unlink_all(self) -> None:
         with self._paths_lock:

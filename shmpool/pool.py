@@ -35,6 +35,7 @@ from ._segments import (
     block_folder,
     create_block,
     free_bytes,
+    new_pool_tag,
     raise_fd_limit,
     sweep_dead_blocks,
     unlink_quietly,
@@ -179,6 +180,7 @@ class SharedPool:
         self._start_method: str = method
         self._progress: bool | dict[str, Any] = progress
         self._folder: str = block_folder(temp_folder)
+        self._tag: str = new_pool_tag()
         self._stats: PoolStats = PoolStats()
         res = _Resources()
         self._res: _Resources = res
@@ -189,7 +191,9 @@ class SharedPool:
         sweep_dead_blocks(self._folder)
         raise_fd_limit()
         try:
-            res.control_path, control_map = create_block(self._folder, ControlBlock.size_for(self._workers))
+            res.control_path, control_map = create_block(
+                self._folder, ControlBlock.size_for(self._workers), self._tag
+            )
             res.control = ControlBlock(control_map, self._workers)
             res.manager = BlockManager(ctx=ctx)
             if method == "fork":
@@ -340,7 +344,7 @@ class SharedPool:
         if order not in ("C", "F"):
             raise ValueError(f"order must be 'C' or 'F', got {order!r}")
         nbytes = math.prod(shape) * dtype.itemsize
-        path, mapping = create_block(self._folder, nbytes)
+        path, mapping = create_block(self._folder, nbytes, self._tag)
         try:
             assert self._res.manager is not None
             self._res.manager.track(path)

@@ -113,10 +113,10 @@ def test_process_group_killed_then_swept(tmp_path: Path) -> None:
 
 
 def test_sweep_spares_live_owners(tmp_path: Path) -> None:
-    mine = tmp_path / f"shmpool_{os.getpid()}_abc123"
+    mine = tmp_path / f"shmpool_{os.getpid()}_0a0b_abc123"
     mine.write_bytes(b"x")
     dead_pid = _a_dead_pid()
-    theirs = tmp_path / f"shmpool_{dead_pid}_abc123"
+    theirs = tmp_path / f"shmpool_{dead_pid}_0a0b_abc123"
     theirs.write_bytes(b"x")
     other = tmp_path / "not_ours"
     other.write_bytes(b"x")
@@ -216,3 +216,20 @@ def test_many_pools_at_once_and_in_a_loop() -> None:
 
 
 LOOP_POOLS = int(os.environ.get("SHMPOOL_LOOP_POOLS", "1000"))
+
+
+def test_a_dying_parent_sweeps_only_its_own_pool(tmp_path: Path) -> None:
+    # Blocks of another pool whose name starts with the same PID (the kernel reuses PIDs)
+    # must survive when a manager cleans up after its dead parent.
+    proc, report = _spawn_child("fork", str(tmp_path))
+    pid = os.path.basename(report["blocks"][0]).split("_")[1]
+    stranger = tmp_path / f"shmpool_{pid}_ffffffff_0123456789ab"
+    stranger.write_bytes(b"x")
+    untracked = report["blocks"][0].rsplit("_", 1)[0] + "_feedfeedfeed"  # same pool, not tracked
+    Path(untracked).write_bytes(b"x")
+    proc.kill()
+    proc.wait(timeout=10)
+    blocks, pids = _gone_within({"blocks": [*report["blocks"], untracked], "pids": report["pids"]}, 5.0)
+    assert not blocks and not pids
+    assert stranger.exists()
+    stranger.unlink()
