@@ -33,6 +33,9 @@ class ChunkPlan:
     size: int
     offsets: array | None = None  # type: ignore[type-arg]
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return (ChunkPlan, (self.length, self.size, self.offsets))
+
     def __len__(self) -> int:
         if self.offsets is not None:
             return len(self.offsets) - 1

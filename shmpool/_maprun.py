@@ -206,8 +206,23 @@ class _Staging:
         self.bytes_back = 0
 
     def _shared(self, array: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
-        if self._pool.is_shared(array):
+        """``array`` if it lives in the pool, else its staged copy."""
+        found = _arrays.locate(array)
+        if found is not None and found[0].path in self._pool._res.blocks:
             return array
+        return self._copy_of(array)
+
+    def _ref(self, array: np.ndarray) -> _arrays.ArrayRef:  # type: ignore[type-arg]
+        """The reference of ``array`` in the pool, staging it first if it is not there."""
+        found = _arrays.locate(array)
+        if found is None or found[0].path not in self._pool._res.blocks:
+            array = self._copy_of(array)
+            found = None
+        ref = _arrays.ref_of(array, found)
+        assert ref is not None
+        return ref
+
+    def _copy_of(self, array: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
         found = self._copies.get(id(array))
         if found is None:
             copy = self._pool._staging_array(array)
@@ -223,7 +238,7 @@ class _Staging:
         count = max([*split.chunked, *split.wholes]) + 1
         refs: list[_arrays.ArrayRef | None] = [None] * count
         for i, array in split.chunked.items():
-            refs[i] = _arrays.ref_of(self._shared(array))
+            refs[i] = self._ref(array)
         wholes = {
             i: self._shared(obj) if isinstance(obj, np.ndarray) and obj.dtype != object else obj
             for i, obj in split.wholes.items()

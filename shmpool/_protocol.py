@@ -7,13 +7,17 @@ whole() arguments, keywords, results) travel as ``payload`` bytes made by
 
 from __future__ import annotations
 
+import dataclasses
+import operator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from ._arrays import ArrayRef
 from ._chunks import ChunkPlan
 
 __all__ = [
     "InitFailed",
+    "wire",
     "MapDone",
     "MapJob",
     "Ready",
@@ -25,9 +29,27 @@ __all__ = [
 ]
 
 
+R = TypeVar("R")
+
+
+def wire(cls: type[R]) -> type[R]:
+    """Pickle a record as ``(class, field values)``: about twice as fast both ways as a
+    slotted dataclass's default, which matters on the per-map and per-batch path."""
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    getter = operator.attrgetter(*names)
+
+    def __reduce__(self: Any) -> tuple[object, ...]:
+        values = getter(self)
+        return (cls, values if len(names) > 1 else (values,))
+
+    cls.__reduce__ = __reduce__  # type: ignore[assignment,method-assign]
+    return cls
+
+
 # ---- parent -> worker ------------------------------------------------------------------
 
 
+@wire
 @dataclass(frozen=True, slots=True)
 class MapJob:
     """Run ``kernel(*views, **kwargs)`` over chunks claimed from control slot ``slot``.
@@ -48,6 +70,7 @@ class MapJob:
     plan: ChunkPlan
 
 
+@wire
 @dataclass(frozen=True, slots=True)
 class TaskBatch:
     """Call ``fn`` on each item of a batch: ``fn(*args, **kwargs)`` for a ``submit``
@@ -67,6 +90,7 @@ class TaskBatch:
     star: bool
 
 
+@wire
 @dataclass(frozen=True, slots=True)
 class Release:
     """Unmap these freed blocks (paths)."""
@@ -82,6 +106,7 @@ class Stop:
 # ---- worker -> parent ------------------------------------------------------------------
 
 
+@wire
 @dataclass(frozen=True, slots=True)
 class RemoteError:
     """An exception raised in a worker, in a form that always reaches the parent.
@@ -98,6 +123,7 @@ class RemoteError:
     chunk: int | None
 
 
+@wire
 @dataclass(frozen=True, slots=True)
 class Ready:
     """The worker ran its initializer and waits for work."""
@@ -105,6 +131,7 @@ class Ready:
     worker: int
 
 
+@wire
 @dataclass(frozen=True, slots=True)
 class InitFailed:
     """The worker's initializer raised; the worker has exited."""
@@ -113,6 +140,7 @@ class InitFailed:
     error: RemoteError
 
 
+@wire
 @dataclass(frozen=True, slots=True)
 class MapDone:
     """A worker's one reply to a MapJob: the chunks it ran, or the error that stopped it.
@@ -128,6 +156,7 @@ class MapDone:
     error: RemoteError | None
 
 
+@wire
 @dataclass(frozen=True, slots=True)
 class TaskDone:
     """A worker's reply to a TaskBatch: pickled results of the items it ran, in order, and
