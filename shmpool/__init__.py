@@ -30,17 +30,21 @@ from .errors import (
 
 if TYPE_CHECKING:
     from ._args import whole
-    from .kernel import Kernel, active_pool, default_pool, kernel
+    from ._kernel import Kernel, active_pool, default_pool, kernel
+    from .dask_pool import DaskPool as DaskPool  # re-exported lazily, not in __all__
     from .pool import PoolStats, SharedPool, default_start_method, usable_cpus
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "whole": "._args",
-    "Kernel": ".kernel",
-    "active_pool": ".kernel",
-    "default_pool": ".kernel",
-    "kernel": ".kernel",
+    # Imports Dask, which is optional (pip install "shmpool[dask]"): only on first use, and
+    # not in __all__, so that "from shmpool import *" never needs Dask.
+    "DaskPool": ".dask_pool",
+    "Kernel": "._kernel",
+    "active_pool": "._kernel",
+    "default_pool": "._kernel",
+    "kernel": "._kernel",
     "PoolStats": ".pool",
     "SharedPool": ".pool",
     "default_start_method": ".pool",
@@ -77,4 +81,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(__all__)
+    return sorted([*__all__, "DaskPool"])

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import mmap
-import multiprocessing
 import os
 import re
 import secrets

@@ -28,6 +28,7 @@ from . import _arrays, _tasks
 from ._args import check_dtype
 from ._control import ControlBlock
 from ._dispatch import Dispatcher
+from ._kernel import pop_active, push_active
 from ._maprun import dumps_or_raise, plan_map
 from ._progress import resolve_progress
 from ._segments import (
@@ -41,7 +42,6 @@ from ._segments import (
     unlink_quietly,
 )
 from .errors import ManagerError, PoolClosedError
-from .kernel import pop_active, push_active
 
 __all__ = ["START_METHODS", "PoolStats", "SharedPool", "default_start_method", "usable_cpus"]
 

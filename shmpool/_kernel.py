@@ -1,10 +1,14 @@
 """The ``@shmpool.kernel`` decorator, the active pool and the default pool.
 
 A decorated function, when called, runs as ``pool.map`` on the *active pool*: the innermost
-``with SharedPool(...)`` block of the current thread or asyncio task (a context variable),
-else the default pool, made on first use with one worker per usable CPU and terminated at
-interpreter exit. Inside a worker there is no pool to use: a kernel called there (from
-another kernel) runs in place, on the whole arrays, in that worker.
+``with SharedPool(...)`` (or ``DaskPool``) block of the current thread or asyncio task (a
+context variable), else the default pool, made on first use with one worker per usable CPU
+and terminated at interpreter exit. Inside a worker there is no pool to use: a kernel called
+there (from another kernel, in a SharedPool or Dask worker) runs in place, on the arrays it
+is given, in that worker.
+
+(The module is private, ``_kernel``: a submodule named ``kernel`` would replace the
+``shmpool.kernel`` decorator as an attribute of the package once imported.)
 """
 
 from __future__ import annotations
@@ -21,24 +25,25 @@ from . import _worker
 from ._args import Whole
 
 if TYPE_CHECKING:
+    from ._protocol_api import PoolAPI
     from .pool import SharedPool
 
 __all__ = ["Kernel", "active_pool", "default_pool", "kernel"]
 
 _MAP_OPTIONS = ("axis", "chunks", "progress", "timeout")
 
-_active: contextvars.ContextVar[tuple[SharedPool, ...]] = contextvars.ContextVar("shmpool_active", default=())
+_active: contextvars.ContextVar[tuple[PoolAPI, ...]] = contextvars.ContextVar("shmpool_active", default=())
 _default: SharedPool | None = None
 _default_lock = threading.Lock()
 
 
-def push_active(pool: SharedPool) -> None:
-    """Make ``pool`` the active pool of the current context (``SharedPool.__enter__``)."""
+def push_active(pool: PoolAPI) -> None:
+    """Make ``pool`` the active pool of the current context (``__enter__`` of a pool)."""
     _active.set((*_active.get(), pool))
 
 
-def pop_active(pool: SharedPool) -> None:
-    """Undo :func:`push_active` for ``pool`` (``SharedPool.__exit__``)."""
+def pop_active(pool: PoolAPI) -> None:
+    """Undo :func:`push_active` for ``pool`` (``__exit__`` of a pool)."""
     stack = _active.get()
     if pool in stack:
         i = len(stack) - 1 - stack[::-1].index(pool)
@@ -59,7 +64,7 @@ def default_pool() -> SharedPool:
         return _default
 
 
-def active_pool() -> SharedPool:
+def active_pool() -> PoolAPI:
     """The innermost pool entered with ``with`` in this context, else the default pool."""
     stack = _active.get()
     for pool in reversed(stack):
