@@ -431,6 +431,17 @@ class ShmpoolAdapter(Adapter):
     def _array(self, variant: str, case: Case) -> Any:
         inplace, _ = case.kernels
         x, pool = case.x, self.pool
+        before = pool.stats
+        out = self._array_run(variant, case, inplace, x)
+        after = pool.stats
+        # Bytes copied (SharedPool: staging) or sent and received (DaskPool) by this map.
+        case.info["moved"] = (after.bytes_staged_in - before.bytes_staged_in) + (
+            after.bytes_copied_back - before.bytes_copied_back
+        )
+        return out
+
+    def _array_run(self, variant: str, case: Case, inplace: Any, x: np.ndarray) -> Any:
+        pool = self.pool
         if variant == "e2e":
             with case.timed():
                 xs = pool.asarray(x)
@@ -500,6 +511,53 @@ def _w6_by_pickling(mapper: Callable[[Callable[..., Any], list[np.ndarray]], Any
             out[:half] = a
             out[half:] = b
     return out
+
+
+class DaskPoolAdapter(ShmpoolAdapter):
+    """shmpool's ``DaskPool`` on a ``LocalCluster`` of ``workers`` single-threaded worker
+    processes on this machine: the same calls as the shmpool rows, with data moving through
+    Dask instead of shared memory (the ``moved`` column shows how much)."""
+
+    name = "daskpool"
+    REQUIRES = ("shmpool", "distributed")
+    VARIANTS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "W1": ("default",),
+        "W2": ("e2e", "steady"),
+        "W3": ("e2e", "steady"),
+        "W4": ("local",),
+        "W6": ("default",),
+        "W7": ("default", "auto"),
+    }
+
+    def setup(self, workers: int) -> None:
+        """Start a LocalCluster of ``workers`` processes and a DaskPool on it."""
+        Adapter.setup(self, workers)
+        import shmpool
+
+        self.shmpool = shmpool
+        self.cluster, self.client = _local_dask(workers)
+        self.pool = shmpool.DaskPool(self.client)
+
+    def teardown(self) -> None:
+        """Close the pool, then the client and the cluster it does not own."""
+        self.pool.close()
+        self.client.close()
+        self.cluster.close()
+
+    def w4(self, variant: str, case: Case) -> Any:
+        """A new DaskPool() (it starts and owns a LocalCluster), one map, close."""
+        with case.timed(), self.shmpool.DaskPool() as pool:
+            results = pool.map(kernels.w4_kernel, case.x, chunks=1)
+        return results
+
+
+def _local_dask(workers: int) -> tuple[Any, Any]:
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1"
+    )
+    return cluster, Client(cluster)
 
 
 class MpPoolAdapter(Adapter):
@@ -1131,6 +1189,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
         MemcpyAdapter,
         IdealAdapter,
         ShmpoolAdapter,
+        DaskPoolAdapter,
         MpPoolAdapter,
         CfPpeAdapter,
         ShmHandAdapter,

@@ -182,7 +182,7 @@ def _w1_w7(rows: Sequence[Row], workload: str, unit: str) -> str:
 
 def _array_table(rows: Sequence[Row], workload: str, size: int) -> str:
     header = ["system", "variant", "chunks", "median", "min - max", "GB/s in", "t/serial", "t/shmpool"]
-    header += ["t/ideal", "check"]
+    header += ["t/ideal", "moved", "check"]
     lines = []
     for row in _shown(rows, workload, size):
         lead = [row.system, row.variant]
@@ -203,10 +203,19 @@ def _array_table(rows: Sequence[Row], workload: str, size: int) -> str:
                 _ratio(m, _ref_time(rows, row, "serial")),
                 _ratio(m, _ref_time(rows, row, "shmpool")),
                 _ratio(m, ideal),
+                _moved(row),
                 _check(row),
             ]
         )
     return _table(header, lines)
+
+
+def _moved(row: Row) -> str:
+    """Bytes a shmpool pool copied or sent per map (staging, or Dask's transfers)."""
+    moved = row.info.get("moved")
+    if moved is None:
+        return "—"
+    return f"{moved / 2**20:.0f} MiB"
 
 
 def _w4_table(rows: Sequence[Row]) -> str:
