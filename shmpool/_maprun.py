@@ -27,7 +27,7 @@ from ._remote import rebuild_error
 if TYPE_CHECKING:
     from .pool import SharedPool
 
-__all__ = ["CANCEL_GRACE_S", "MapRun", "dumps_or_raise", "plan_map"]
+__all__ = ["CANCEL_GRACE_S", "MapCheck", "MapRun", "check_map", "dumps_or_raise", "plan_map"]
 
 # After Ctrl-C or a cancel, how long running chunks get to finish before their workers are
 # killed (and replaced). Chunks are usually short; a stuck one must not hold the caller.
@@ -167,6 +167,37 @@ def stop_call(dispatcher: Dispatcher, call: Any) -> None:
         call.done.wait()
 
 
+@dataclass(frozen=True)
+class MapCheck:
+    """A map call's arguments, checked: what every pool (SharedPool, DaskPool) needs."""
+
+    name: str
+    split: SplitArgs
+    plan: ChunkPlan
+    bar_options: dict[str, Any] | None
+
+
+def check_map(
+    kernel: Callable[..., Any],
+    arrays: tuple[Any, ...],
+    axis: object,
+    chunks: int | Iterable[int] | None,
+    progress: object,
+    default_progress: object,
+    timeout: float | None,
+    workers: int,
+) -> MapCheck:
+    """Check the arguments of a map for a pool of ``workers``; raise on bad input."""
+    if not callable(kernel):
+        raise TypeError(f"kernel must be callable, got {kernel!r}")
+    split = split_args(arrays, axis)
+    plan = plan_chunks(split.length, chunks, workers, split.bytes_per_index)
+    bar_options = resolve_progress(progress, default_progress)
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    return MapCheck(kernel_name(kernel), split, plan, bar_options)
+
+
 def plan_map(
     pool: SharedPool,
     kernel: Callable[..., Any],
@@ -179,14 +210,8 @@ def plan_map(
 ) -> MapRun:
     """Check every argument of a map and pickle its kernel; raise on bad input."""
     pool._check_open()
-    if not callable(kernel):
-        raise TypeError(f"kernel must be callable, got {kernel!r}")
-    split = split_args(arrays, axis)
-    plan = plan_chunks(split.length, chunks, pool.workers, split.bytes_per_index)
-    bar_options = resolve_progress(progress, pool._progress)
-    if timeout is not None and not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    name = kernel_name(kernel)
+    checked = check_map(kernel, arrays, axis, chunks, progress, pool._progress, timeout, pool.workers)
+    name, split, plan, bar_options = checked.name, checked.split, checked.plan, checked.bar_options
     kernel_bytes = dumps_or_raise(kernel, f"kernel {name!r}")
     # Keywords are pickled now, so that one that cannot be pickled fails before staging.
     kwargs_bytes = dumps_or_raise(kwargs, "the keyword arguments")

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError, Future
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _pickling
@@ -30,7 +31,15 @@ from ._remote import rebuild_error
 if TYPE_CHECKING:
     from .pool import SharedPool
 
-__all__ = ["IMAP_BATCHES_PER_WORKER", "PendingFuture", "imap", "map_async", "submit"]
+__all__ = [
+    "IMAP_BATCHES_PER_WORKER",
+    "ImapCheck",
+    "PendingFuture",
+    "check_imap",
+    "imap",
+    "map_async",
+    "submit",
+]
 
 T = TypeVar("T")
 
@@ -140,19 +149,42 @@ def imap(
 ) -> Iterator[T]:
     """Check the arguments now; return the lazy iterator of ``fn(item)`` results."""
     pool._check_open()
+    checked = check_imap(fn, iterable, chunksize, progress, pool._progress)
+    fn_bytes = dumps_or_raise(fn, f"function {checked.name!r}")
+    sizer = _BatchSizer(checked.chunksize, pool.workers)
+    return _stream(
+        pool, fn_bytes, checked.name, iter(iterable), ordered, sizer, checked.bar_options, checked.total
+    )
+
+
+@dataclass(frozen=True)
+class ImapCheck:
+    """An imap call's arguments, checked: ``chunksize`` None means "auto"."""
+
+    name: str
+    chunksize: int | None
+    bar_options: dict[str, Any] | None
+    total: int | None
+
+
+def check_imap(
+    fn: Callable[..., Any],
+    iterable: Iterable[Any],
+    chunksize: object,
+    progress: object,
+    default_progress: object,
+) -> ImapCheck:
+    """Check the arguments of an imap (for every pool); raise on bad input."""
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {fn!r}")
     if chunksize != "auto" and (
         isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1
     ):
         raise ValueError(f"chunksize must be a positive int or 'auto', got {chunksize!r}")
-    bar_options = resolve_progress(progress, pool._progress)
-    name = kernel_name(fn)
-    fn_bytes = dumps_or_raise(fn, f"function {name!r}")
+    bar_options = resolve_progress(progress, default_progress)
     total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
-    items = iter(iterable)
-    sizer = _BatchSizer(None if chunksize == "auto" else int(chunksize), pool.workers)
-    return _stream(pool, fn_bytes, name, items, ordered, sizer, bar_options, total)
+    fixed = None if chunksize == "auto" else int(chunksize)  # type: ignore[call-overload]
+    return ImapCheck(kernel_name(fn), fixed, bar_options, total)
 
 
 class _BatchSizer:

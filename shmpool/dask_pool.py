@@ -55,14 +55,14 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
     ) from exc
 
 from . import _pickling, _worker
-from ._args import check_dtype, split_args
-from ._chunks import ChunkPlan, plan_chunks
+from ._args import check_dtype
+from ._chunks import ChunkPlan
 from ._kernel import pop_active, push_active
-from ._maprun import kernel_name
+from ._maprun import check_map, kernel_name
 from ._progress import TICK_S, open_bar, resolve_progress
 from ._protocol import RemoteError
 from ._remote import rebuild_error
-from ._tasks import AUTO_BATCH_MAX, PendingFuture
+from ._tasks import AUTO_BATCH_MAX, PendingFuture, check_imap
 from .errors import PoolClosedError, WorkerCrashedError
 from .pool import PoolStats, _as_shape, _order_of, usable_cpus
 
@@ -852,15 +852,9 @@ class DaskPool:
     ) -> _MapRun:
         """Check every argument of a map and pickle what travels once; raise on bad input."""
         self._check_open()
-        if not callable(kernel):
-            raise TypeError(f"kernel must be callable, got {kernel!r}")
-        split = split_args(arrays, axis)
         workers = self.workers
-        plan = plan_chunks(split.length, chunks, workers, split.bytes_per_index)
-        bar_options = resolve_progress(progress, self._progress)
-        if timeout is not None and not timeout > 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        name = kernel_name(kernel)
+        checked = check_map(kernel, arrays, axis, chunks, progress, self._progress, timeout, workers)
+        name, split, plan, bar_options = checked.name, checked.split, checked.plan, checked.bar_options
         kernel_bytes = _dumps(kernel, f"kernel {name!r}")
         # The same array passed twice travels once, and the kernel gets one array for both
         # positions, as SharedPool stages it once.
@@ -942,20 +936,11 @@ class DaskPool:
         once per imap.
         """
         self._check_open()
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, got {fn!r}")
-        if chunksize != "auto" and (
-            isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1
-        ):
-            raise ValueError(f"chunksize must be a positive int or 'auto', got {chunksize!r}")
-        bar_options = resolve_progress(progress, self._progress)
-        name = kernel_name(fn)
-        fn_bytes = _dumps(fn, f"function {name!r}")
-        total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
-        workers = self.workers
-        sizer = _BatchSizer(None if chunksize == "auto" else int(chunksize))
-        stream = _Stream(self, name, fn_bytes)
-        return stream.run(iter(iterable), ordered, sizer, workers, bar_options, total)
+        checked = check_imap(fn, iterable, chunksize, progress, self._progress)
+        fn_bytes = _dumps(fn, f"function {checked.name!r}")
+        stream = _Stream(self, checked.name, fn_bytes)
+        sizer = _BatchSizer(checked.chunksize)
+        return stream.run(iter(iterable), ordered, sizer, self.workers, checked.bar_options, checked.total)
 
 
 class _BatchSizer:
