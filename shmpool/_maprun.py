@@ -7,13 +7,16 @@ helper thread for ``map_async``). A run can be cancelled from another thread.
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import cloudpickle
 import numpy as np
 
 from . import _arrays, _pickling
@@ -40,6 +43,32 @@ def dumps_or_raise(obj: object, what: str) -> bytes:
         return _pickling.dumps(obj)
     except Exception as exc:
         raise TypeError(f"{what} cannot be pickled to send to the workers: {exc}") from exc
+
+
+# Kernels that cloudpickle pickles by reference (importable module-level functions) give the
+# same bytes every time: keep them per function instead of pickling once per map. Kernels
+# pickled by value (lambdas, closures, __main__ functions) are pickled every time, since
+# what they capture may have changed.
+_by_reference: weakref.WeakKeyDictionary[Callable[..., Any], bytes] = weakref.WeakKeyDictionary()
+_should_pickle_by_reference = getattr(cloudpickle.cloudpickle, "_should_pickle_by_reference", None)
+
+
+def dumps_kernel(kernel: Callable[..., Any], what: str) -> bytes:
+    """:func:`dumps_or_raise` for a kernel, cached when it pickles by reference."""
+    try:
+        cached = _by_reference.get(kernel)
+    except TypeError:  # not hashable or not weak-referenceable
+        return dumps_or_raise(kernel, what)
+    if cached is not None:
+        return cached
+    data = dumps_or_raise(kernel, what)
+    if _should_pickle_by_reference is not None and inspect.isfunction(kernel):
+        try:
+            if _should_pickle_by_reference(kernel):
+                _by_reference[kernel] = data
+        except Exception:
+            pass
+    return data
 
 
 def kernel_name(kernel: Callable[..., Any]) -> str:
@@ -212,7 +241,7 @@ def plan_map(
     pool._check_open()
     checked = check_map(kernel, arrays, axis, chunks, progress, pool._progress, timeout, pool.workers)
     name, split, plan, bar_options = checked.name, checked.split, checked.plan, checked.bar_options
-    kernel_bytes = dumps_or_raise(kernel, f"kernel {name!r}")
+    kernel_bytes = dumps_kernel(kernel, f"kernel {name!r}")
     # Keywords are pickled now, so that one that cannot be pickled fails before staging.
     kwargs_bytes = dumps_or_raise(kwargs, "the keyword arguments")
     return MapRun(pool, name, kernel_bytes, split, plan, kwargs_bytes, len(arrays), bar_options, timeout)

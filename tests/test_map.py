@@ -358,3 +358,25 @@ def test_a_result_viewing_a_staged_copy_is_never_overwritten(shared_pool: shmpoo
     y = np.full(10, -1.0)
     shared_pool.map(kernels.double_in_place, y)  # would reuse the block if it were cached
     assert [v.tolist() for v in views] == [f.tolist() for f in first]
+
+
+def test_kernels_pickled_by_value_see_what_they_capture_now(shared_pool: shmpool.SharedPool) -> None:
+    from shmpool import _maprun
+
+    x = shared_pool.zeros(4)
+    for value in (1.0, 2.0, 3.0):
+
+        def fill(v: np.ndarray, value: float = value) -> None:
+            v[:] = value
+
+        shared_pool.map(fill, x)
+        assert (x == value).all()
+    scale = [2.0]
+    shared_pool.map(lambda v: v.__setitem__(slice(None), scale[0]), x)
+    scale[0] = 5.0  # a closure is pickled again for every map: the change reaches the workers
+    shared_pool.map(lambda v: v.__setitem__(slice(None), scale[0]), x)
+    assert (x == 5.0).all()
+    # An importable module-level kernel is pickled once and reused.
+    shared_pool.map(kernels.double_in_place, x)
+    assert kernels.double_in_place in _maprun._by_reference
+    assert fill not in _maprun._by_reference
