@@ -65,15 +65,19 @@ def _spawn_child(
     return proc, json.loads(line)
 
 
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (not gone, not a zombie), even if it exits as we look."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _gone_within(report: dict, seconds: float) -> tuple[list[str], list[int]]:  # type: ignore[type-arg]
     deadline = time.monotonic() + seconds
     while True:
         blocks = [p for p in report["blocks"] if os.path.exists(p)]
-        pids = [
-            p
-            for p in report["pids"]
-            if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-        ]
+        pids = [p for p in report["pids"] if _running(p)]
         if (not blocks and not pids) or time.monotonic() > deadline:
             return blocks, pids
         time.sleep(0.05)
