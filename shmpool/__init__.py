@@ -1,4 +1,4 @@
-"""shmpool: run NumPy kernels in parallel worker processes over arrays in shared memory.
+"""shmpool: run NumPy kernels in parallel over arrays without copying them.
 
     import numpy as np, shmpool
 
@@ -29,15 +29,18 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from ._args import whole
+    from ._checks import whole
+    from ._frontend import Pool, PoolStats
     from ._kernel import Kernel, active_pool, default_pool, kernel
+    from ._sizing import usable_cpus
     from .dask_pool import DaskPool as DaskPool  # re-exported lazily, not in __all__
-    from .pool import PoolStats, SharedPool, default_start_method, usable_cpus
+    from .pool import SharedPool, default_start_method
+    from .threads import ThreadPool
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "whole": "._args",
+    "whole": "._checks",
     # Imports Dask, which is optional (pip install "shmpool[dask]"): only on first use, and
     # not in __all__, so that "from shmpool import *" never needs Dask.
     "DaskPool": ".dask_pool",
@@ -45,21 +48,25 @@ _LAZY = {
     "active_pool": "._kernel",
     "default_pool": "._kernel",
     "kernel": "._kernel",
-    "PoolStats": ".pool",
+    "Pool": "._frontend",
+    "PoolStats": "._frontend",
     "SharedPool": ".pool",
+    "ThreadPool": ".threads",
     "default_start_method": ".pool",
-    "usable_cpus": ".pool",
+    "usable_cpus": "._sizing",
 }
 
 __all__ = [
     "Kernel",
     "KernelError",
     "ManagerError",
+    "Pool",
     "PoolClosedError",
     "PoolStats",
     "SharedMemoryFullError",
     "SharedPool",
     "ShmpoolError",
+    "ThreadPool",
     "WorkerCrashedError",
     "__version__",
     "active_pool",

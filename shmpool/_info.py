@@ -10,7 +10,8 @@ import sys
 import numpy as np
 
 from ._segments import TEMP_FOLDER_ENV, block_folder, free_bytes, list_blocks
-from .pool import default_start_method, usable_cpus
+from ._sizing import usable_cpus
+from .pool import default_start_method
 
 __all__ = ["info_lines"]
 

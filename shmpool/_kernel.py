@@ -13,63 +13,57 @@ is given, in that worker.
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import sys
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, overload
+from typing import Any, overload
 
-from . import _worker
-from ._args import Whole
-
-if TYPE_CHECKING:
-    from ._protocol_api import PoolAPI
-    from .pool import SharedPool
+from ._active import entered_pools, in_worker
+from ._checks import Whole
+from ._frontend import Pool
 
 __all__ = ["Kernel", "active_pool", "default_pool", "kernel"]
 
 _MAP_OPTIONS = ("axis", "chunks", "progress", "timeout")
 
-_active: contextvars.ContextVar[tuple[PoolAPI, ...]] = contextvars.ContextVar("shmpool_active", default=())
-_default: SharedPool | None = None
+_default: Pool | None = None
 _default_lock = threading.Lock()
 
 
-def push_active(pool: PoolAPI) -> None:
-    """Make ``pool`` the active pool of the current context (``__enter__`` of a pool)."""
-    _active.set((*_active.get(), pool))
+def gil_enabled() -> bool:
+    """Whether this interpreter runs with the GIL (always, before the free-threaded 3.13t)."""
+    check = getattr(sys, "_is_gil_enabled", None)
+    return True if check is None else bool(check())
 
 
-def pop_active(pool: PoolAPI) -> None:
-    """Undo :func:`push_active` for ``pool`` (``__exit__`` of a pool)."""
-    stack = _active.get()
-    if pool in stack:
-        i = len(stack) - 1 - stack[::-1].index(pool)
-        _active.set(stack[:i] + stack[i + 1 :])
-
-
-def default_pool() -> SharedPool:
+def default_pool() -> Pool:
     """The process-wide default pool, started on first use (workers = usable CPUs).
 
+    A SharedPool, except on a free-threaded interpreter running without the GIL, where
+    threads run Python code in parallel and a ThreadPool needs no copies and no processes.
     It is terminated at interpreter exit; a closed default pool is replaced on next use.
     """
     global _default
-    from .pool import SharedPool
-
     with _default_lock:
         if _default is None or _default.closed:
-            _default = SharedPool()
+            if gil_enabled():
+                from .pool import SharedPool
+
+                _default = SharedPool()
+            else:
+                from .threads import ThreadPool
+
+                _default = ThreadPool()
         return _default
 
 
-def active_pool() -> PoolAPI:
+def active_pool() -> Pool:
     """The innermost pool entered with ``with`` in this context, else the default pool."""
-    stack = _active.get()
-    for pool in reversed(stack):
+    for pool in reversed(entered_pools()):
         if not pool.closed:
-            return pool
+            return pool  # type: ignore[no-any-return]
     return default_pool()
 
 
@@ -104,7 +98,7 @@ class Kernel:
     def __call__(self, *arrays: Any, **kwargs: Any) -> list[Any]:
         """``active_pool().map(func, *arrays, **options, **kwargs)``; in a worker, run in place."""
         options, kwargs = self._split_options(kwargs)
-        if _worker.IN_WORKER:
+        if in_worker():
             args = [a.obj if isinstance(a, Whole) else a for a in arrays]
             return [self.func(*args, **kwargs)]
         return active_pool().map(self.func, *arrays, **options, **kwargs)

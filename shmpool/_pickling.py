@@ -8,8 +8,11 @@ and rebuilt as a view on the same memory, never copied.
 
 from __future__ import annotations
 
+import inspect
 import io
 import pickle
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
@@ -17,7 +20,7 @@ import numpy as np
 
 from ._arrays import ref_of, view_from_ref
 
-__all__ = ["dumps", "loads"]
+__all__ = ["dumps", "dumps_kernel", "dumps_or_raise", "loads"]
 
 PROTOCOL = 5
 
@@ -65,3 +68,37 @@ def dumps(obj: object) -> bytes:
 def loads(data: bytes) -> Any:
     """Unpickle what :func:`dumps` made."""
     return pickle.loads(data)
+
+
+def dumps_or_raise(obj: object, what: str) -> bytes:
+    """Pickle ``obj`` for the workers; TypeError naming ``what`` if it cannot be."""
+    try:
+        return dumps(obj)
+    except Exception as exc:
+        raise TypeError(f"{what} cannot be pickled to send to the workers: {exc}") from exc
+
+
+# Kernels that cloudpickle pickles by reference (importable module-level functions) give the
+# same bytes every time: keep them per function instead of pickling once per map. Kernels
+# pickled by value (lambdas, closures, __main__ functions) are pickled every time, since
+# what they capture may have changed.
+_by_reference: weakref.WeakKeyDictionary[Callable[..., Any], bytes] = weakref.WeakKeyDictionary()
+_should_pickle_by_reference = getattr(cloudpickle.cloudpickle, "_should_pickle_by_reference", None)
+
+
+def dumps_kernel(kernel: Callable[..., Any], what: str) -> bytes:
+    """:func:`dumps_or_raise` for a kernel, cached when it pickles by reference."""
+    try:
+        cached = _by_reference.get(kernel)
+    except TypeError:  # not hashable or not weak-referenceable
+        return dumps_or_raise(kernel, what)
+    if cached is not None:
+        return cached
+    data = dumps_or_raise(kernel, what)
+    if _should_pickle_by_reference is not None and inspect.isfunction(kernel):
+        try:
+            if _should_pickle_by_reference(kernel):
+                _by_reference[kernel] = data
+        except Exception:
+            pass
+    return data

@@ -38,4 +38,7 @@ def open_bar(total: int | None, options: dict[str, Any], unit: str, desc: str) -
 
     settings: dict[str, Any] = {"total": total, "unit": unit, "desc": desc}
     settings.update(options)
-    return tqdm(**settings)
+    try:
+        return tqdm(**settings)
+    except (KeyError, TypeError) as exc:  # tqdm's TqdmKeyError is a KeyError
+        raise TypeError(f"progress options must be tqdm's keyword arguments: {exc}") from exc

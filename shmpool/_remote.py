@@ -8,11 +8,10 @@ becomes a :class:`~shmpool.errors.KernelError` carrying its type name, message a
 
 from __future__ import annotations
 
-import sys
-
 from . import _pickling
+from ._origin import attach_origin
 from ._protocol import RemoteError
-from .errors import KernelError, RemoteTraceback
+from .errors import KernelError
 
 __all__ = ["rebuild_error"]
 
@@ -27,8 +26,4 @@ def rebuild_error(error: RemoteError, where: str) -> BaseException:
             exc = None
     if not isinstance(exc, BaseException):
         exc = KernelError(error.type_name, error.message, error.traceback)
-    header = f"{where} raised {error.type_name} in a worker process:"
-    exc.__cause__ = RemoteTraceback(f'\n"""\n{header}\n{error.traceback}"""')
-    if sys.version_info >= (3, 11):
-        exc.add_note(f"shmpool: {where}")
-    return exc
+    return attach_origin(exc, where, error.type_name, error.traceback)

@@ -18,15 +18,13 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _arrays, _pickling
+from ._active import mark_worker_process
 from ._control import ControlBlock
 from ._lifeline import watch_parent
 from ._protocol import InitFailed, MapDone, MapJob, Ready, Release, RemoteError, Stop, TaskBatch, TaskDone
 from ._segments import raise_fd_limit
 
-__all__ = ["IN_WORKER", "remote_error", "worker_main"]
-
-# True in a worker process: kernels called there run in place instead of on a pool.
-IN_WORKER = False
+__all__ = ["first_unpicklable", "remote_error", "worker_main"]
 
 
 def remote_error(exc: BaseException, chunk: int | None) -> RemoteError:
@@ -69,8 +67,7 @@ def worker_main(
     init_payload: bytes | None,
 ) -> None:
     """Entry point of worker ``index``: run the initializer, then serve the pipe."""
-    global IN_WORKER
-    IN_WORKER = True
+    mark_worker_process()  # a decorated kernel called here runs in place
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     watch_parent(lambda: None)
     raise_fd_limit()
@@ -159,7 +156,7 @@ def _run_map(job: MapJob, control: ControlBlock, index: int, kernels: _KernelCac
             packed = _pickling.dumps(results)
         except Exception:
             control.cancel(job.slot)
-            error = _first_unpicklable(results, "chunk")[1]
+            error = first_unpicklable(results, "chunk")[1]
     return MapDone(job.job_id, index, packed, ran, error)
 
 
@@ -191,12 +188,12 @@ def _run_tasks(batch: TaskBatch, control: ControlBlock, index: int, kernels: _Ke
     try:
         packed = _pickling.dumps(results)
     except Exception:
-        good, error = _first_unpicklable(list(enumerate(results, batch.first)), "item")
+        good, error = first_unpicklable(list(enumerate(results, batch.first)), "item")
         packed = _pickling.dumps(results[:good])
     return TaskDone(batch.job_id, index, packed, error)
 
 
-def _first_unpicklable(results: list[tuple[int, Any]], what: str) -> tuple[int, RemoteError]:
+def first_unpicklable(results: list[tuple[int, Any]], what: str) -> tuple[int, RemoteError]:
     """How many leading results pickle, and the error naming the first that does not."""
     for position, (number, value) in enumerate(results):
         try:

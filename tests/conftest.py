@@ -53,13 +53,10 @@ def _owned_by_live_pools() -> tuple[set[str], set[int]]:
     names: set[str] = set()
     pids: set[int] = set()
     for pool in _live_shared_pools:
-        names.update(os.path.basename(p) for p in pool._res.blocks)
-        if pool._res.control_path:
-            names.add(os.path.basename(pool._res.control_path))
+        names.update(os.path.basename(p) for p in pool.block_paths)
         pids.update(pool.worker_pids)
-        manager = pool._res.manager
-        if manager is not None and manager._process is not None:
-            pids.add(manager._process.pid)
+        if pool.manager_pid is not None:
+            pids.add(pool.manager_pid)
     return names, pids
 
 
@@ -96,9 +93,9 @@ def shared_pool(request: pytest.FixtureRequest) -> Iterator[shmpool.SharedPool]:
         yield pool
     finally:
         _live_shared_pools.remove(pool)
-        names = {os.path.basename(p) for p in [*pool._res.blocks, pool._res.control_path or ""]}
+        names = {os.path.basename(p) for p in pool.block_paths}
         pool.close()
-    assert not pool._res.blocks
+    assert not pool.block_paths
     assert not names & shm_entries(), "a closed pool left blocks in /dev/shm"
 
 

@@ -133,7 +133,8 @@ def test_is_shared(shared_pool: shmpool.SharedPool) -> None:
 def test_free_keeps_views_valid(shared_pool: shmpool.SharedPool) -> None:
     a = shared_pool.zeros(1000)
     view = a[10:20]
-    path = next(p for p in shared_pool._res.blocks if shmpool._arrays.locate(a)[0].path == p)  # type: ignore[index]
+    path = shmpool._arrays.locate(a)[0].path  # type: ignore[index]
+    assert path in shared_pool.block_paths
     shared_pool.free(view)
     assert not os.path.exists(path)
     assert not shared_pool.is_shared(a)
@@ -153,7 +154,7 @@ def test_arrays_stay_valid_after_close(start_method: str) -> None:
     with shmpool.SharedPool(1, start_method=start_method) as pool:
         a = pool.full((100, 10), 3.0)
         b = a[::3]
-        names = set(pool._res.blocks)
+        names = set(pool.block_paths)
     assert pool.closed
     assert not any(os.path.exists(p) for p in names)  # unlinked at shutdown ...
     assert a.sum() == 3000 and b.shape == (34, 10)  # ... but still mapped here

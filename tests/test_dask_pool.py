@@ -237,7 +237,7 @@ def test_address_makes_a_client_that_the_pool_closes(local_cluster: Any) -> None
 def test_no_arguments_start_a_local_cluster_that_the_pool_closes() -> None:
     before = conftest.child_pids()
     with DaskPool() as pool:
-        cluster = pool._owned.cluster
+        cluster = pool.cluster
         assert isinstance(cluster, distributed.LocalCluster)
         assert pool.workers == shmpool.usable_cpus()
         workers = set(_worker_pids(pool.client))
@@ -252,7 +252,7 @@ def test_no_arguments_start_a_local_cluster_that_the_pool_closes() -> None:
 def test_worker_threads_in_this_process() -> None:
     # LocalCluster(processes=False): the "worker" runs kernels on the caller's own arrays,
     # and must not mark the caller as a worker (decorated kernels would then run in place).
-    from shmpool import _worker
+    from shmpool import _active
 
     with (
         distributed.LocalCluster(
@@ -269,7 +269,7 @@ def test_worker_threads_in_this_process() -> None:
         assert x.tolist() == [2.0 * i for i in range(10)] and out.tolist() == [i + 1.0 for i in range(10)]
         with pytest.raises(ValueError, match="read-only"):
             pool.map(kernels.double_in_place, src)
-    assert not _worker.IN_WORKER
+    assert not _active.in_worker()
 
 
 def _double_and_copy(x: np.ndarray, src: np.ndarray, out: np.ndarray) -> None:

@@ -118,7 +118,7 @@ def test_default_pool_is_used_and_cleaned_up_at_exit() -> None:
         double(x)
         pool = shmpool.default_pool()
         assert pool is shmpool.active_pool() and pool.workers == shmpool.usable_cpus()
-        print(x.tolist(), pool._res.control_path)
+        print(x.tolist(), pool.block_paths[-1])
         """
     )
     values, path = proc.stdout.rsplit(" ", 1)

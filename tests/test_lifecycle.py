@@ -130,7 +130,7 @@ def test_interpreter_exit_cleans_up(start_method: str) -> None:
         pool = shmpool.SharedPool(2, start_method=sys.argv[1])
         x = pool.asarray(np.arange(1000.0))
         pool.map(lambda v: v.__imul__(2), x)
-        print(pool.temp_folder, *pool._res.blocks, pool._res.control_path)
+        print(pool.temp_folder, *pool.block_paths)
         # no close(): interpreter exit must clean up
         """,
         start_method,

@@ -212,11 +212,11 @@ def test_bad_input_rejected_before_any_worker_runs(
     def kernel(*a: Any, **k: Any) -> None:
         ran[0] = 1
 
-    blocks = set(shared_pool._res.blocks)
+    blocks = set(shared_pool.block_paths)
     with pytest.raises(error, match=match):
         shared_pool.map(kernel, *args, **kwargs)
     assert ran[0] == 0
-    assert set(shared_pool._res.blocks) == blocks  # nothing left staged
+    assert set(shared_pool.block_paths) == blocks  # nothing left staged
 
 
 def test_bad_kernel(shared_pool: shmpool.SharedPool) -> None:
@@ -344,10 +344,10 @@ def test_kwargs_and_repeated_maps_reuse_kernel(shared_pool: shmpool.SharedPool) 
 def test_staging_blocks_are_reused(shared_pool: shmpool.SharedPool) -> None:
     x = np.arange(50_000.0)
     shared_pool.map(kernels.double_in_place, x)
-    blocks = set(shared_pool._res.blocks)
+    blocks = set(shared_pool.block_paths)
     for _ in range(5):
         shared_pool.map(kernels.double_in_place, x)
-    assert set(shared_pool._res.blocks) == blocks  # the same staging block every time
+    assert set(shared_pool.block_paths) == blocks  # the same staging block every time
     assert np.array_equal(x, np.arange(50_000.0) * 2**6)
 
 
@@ -361,7 +361,7 @@ def test_a_result_viewing_a_staged_copy_is_never_overwritten(shared_pool: shmpoo
 
 
 def test_kernels_pickled_by_value_see_what_they_capture_now(shared_pool: shmpool.SharedPool) -> None:
-    from shmpool import _maprun
+    from shmpool import _pickling
 
     x = shared_pool.zeros(4)
     for value in (1.0, 2.0, 3.0):
@@ -378,5 +378,5 @@ def test_kernels_pickled_by_value_see_what_they_capture_now(shared_pool: shmpool
     assert (x == 5.0).all()
     # An importable module-level kernel is pickled once and reused.
     shared_pool.map(kernels.double_in_place, x)
-    assert kernels.double_in_place in _maprun._by_reference
-    assert fill not in _maprun._by_reference
+    assert kernels.double_in_place in _pickling._by_reference
+    assert fill not in _pickling._by_reference

@@ -26,7 +26,7 @@ def _soak(maps: int, items: int) -> None:
 
         def state() -> tuple[int, int, int]:
             gc.collect()
-            return process.num_fds(), len(shm_entries()), len(pool._res.blocks)
+            return process.num_fds(), len(shm_entries()), len(pool.block_paths)
 
         # Warm-up: first-use allocations in the parent and the workers.
         for _ in range(50):

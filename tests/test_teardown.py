@@ -36,8 +36,8 @@ x = pool.asarray(np.arange(1_000_000.0))
 pool.map(kernels.double_in_place, x)
 busy = pool.map_async(kernels.sleep_chunk, np.zeros(2), chunks=1, seconds=60)  # one busy, one idle later
 report = {
-    "blocks": [*pool._res.blocks, pool._res.control_path],
-    "pids": [*pool.worker_pids, pool._res.manager._process.pid],
+    "blocks": pool.block_paths,
+    "pids": [*pool.worker_pids, pool.manager_pid],
 }
 print(json.dumps(report), flush=True)
 time.sleep(120)
@@ -138,10 +138,10 @@ def test_manager_killed_during_use(start_method: str) -> None:
     pool = shmpool.SharedPool(2, start_method=start_method)
     try:
         x = pool.asarray(np.arange(100.0))
-        blocks = [*pool._res.blocks, pool._res.control_path]
-        manager = pool._res.manager._process  # type: ignore[union-attr]
+        blocks = pool.block_paths
+        manager = psutil.Process(pool.manager_pid)
         manager.kill()
-        manager.join(5)
+        manager.wait(5)
         start = time.monotonic()
         with pytest.raises(shmpool.ManagerError, match="manager process"):
             pool.empty(10)
@@ -183,9 +183,7 @@ def test_small_tmpfs_raises_instead_of_sigbus(tiny_tmpfs: Path, monkeypatch: pyt
         with pytest.raises(shmpool.SharedMemoryFullError):
             pool.map(kernels.double_in_place, np.zeros(1_000_000))  # staging a plain array
         pool.map(kernels.double_in_place, small)
-        assert sorted(os.listdir(tiny_tmpfs)) == sorted(
-            os.path.basename(p) for p in [*pool._res.blocks, pool._res.control_path or ""]
-        )
+        assert sorted(os.listdir(tiny_tmpfs)) == sorted(os.path.basename(p) for p in pool.block_paths)
     assert os.listdir(tiny_tmpfs) == []
 
 

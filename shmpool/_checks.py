@@ -1,0 +1,274 @@
+"""Checking a call's arguments before anything is allocated or sent: the front end's gate.
+
+Every pool runs the same checks (:func:`check_map`, :func:`check_imap`, :func:`check_shape`,
+...), so a bad argument raises the same error, with the same message, on every pool, and
+always before a worker runs. What passes comes out as one frozen record per call
+(:class:`MapRequest`, :class:`ItemRequest`) that the backends read and never re-check.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+
+from ._chunks import ChunkPlan, plan_chunks
+from ._progress import resolve_progress
+
+__all__ = [
+    "ItemRequest",
+    "MapRequest",
+    "SplitArgs",
+    "Whole",
+    "check_callable",
+    "check_dtype",
+    "check_imap",
+    "check_map",
+    "check_order",
+    "check_shape",
+    "check_timeout",
+    "kernel_name",
+    "order_of",
+    "split_args",
+    "whole",
+]
+
+T = TypeVar("T")
+Array = np.ndarray  # type: ignore[type-arg]
+
+
+@dataclass(frozen=True, slots=True)
+class Whole(Generic[T]):
+    """Marks an argument that every kernel call receives whole (see :func:`whole`)."""
+
+    obj: T
+
+
+def whole(obj: T) -> Whole[T]:
+    """Pass ``obj`` to every kernel call of a ``map`` whole instead of chunked.
+
+    For a lookup table, a parameter vector or a shared array read as a whole. A pool array
+    (or view of one) arrives as a view on the same memory; a plain writable NumPy array on a
+    SharedPool is staged like a chunked one (copied in, and back after the map).
+    """
+    return Whole(obj)
+
+
+def kernel_name(kernel: Callable[..., Any]) -> str:
+    """A readable name for messages: the qualified name, else the repr."""
+    return getattr(kernel, "__qualname__", None) or repr(kernel)
+
+
+def check_callable(fn: object, what: str) -> None:
+    """TypeError unless ``fn`` is callable."""
+    if not callable(fn):
+        raise TypeError(f"{what} must be callable, got {fn!r}")
+
+
+def check_dtype(dtype: np.dtype) -> np.dtype:  # type: ignore[type-arg]
+    """Refuse dtypes that hold Python objects (anywhere, structured fields included): their
+    bytes are pointers into one process."""
+    if dtype.hasobject:
+        raise TypeError(
+            f"dtype {dtype} holds Python objects, which cannot live in shared memory; "
+            "use a numeric, bool, string or structured dtype without object fields"
+        )
+    return dtype
+
+
+def _index(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(value)
+    return int(value)
+
+
+def check_shape(shape: object) -> tuple[int, ...]:
+    """``shape`` as a tuple of non-negative ints; TypeError or ValueError otherwise."""
+    if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
+        shape = (int(shape),)
+    try:
+        dims = tuple(_index(d) for d in shape)  # type: ignore[attr-defined]
+    except TypeError:
+        raise TypeError(f"shape must be an int or a sequence of ints, got {shape!r}") from None
+    if any(d < 0 for d in dims):
+        raise ValueError(f"negative dimensions are not allowed, got shape {dims}")
+    return dims
+
+
+def check_order(order: object) -> str:
+    """``order`` if it is "C" or "F"; ValueError otherwise."""
+    if order not in ("C", "F"):
+        raise ValueError(f"order must be 'C' or 'F', got {order!r}")
+    return str(order)
+
+
+def order_of(a: Array) -> str:
+    """The memory order an array shaped like ``a`` should get: "F" for Fortran arrays."""
+    return "F" if a.flags.f_contiguous and not a.flags.c_contiguous else "C"
+
+
+def check_timeout(timeout: object) -> float | None:
+    """``timeout`` as seconds: None, or a finite positive number (a bool is not one).
+
+    An infinite timeout is refused rather than taken as None: ``threading.Event.wait``
+    overflows on it, and "no timeout" is spelled None everywhere in the standard library.
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(f"timeout must be None or a number of seconds, got {timeout!r}")
+    value = float(timeout)
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"timeout must be a positive, finite number of seconds, got {timeout!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class SplitArgs:
+    """The validated positional arguments of a map."""
+
+    chunked: dict[int, Array]  # position -> array
+    axes: dict[int, int]  # position -> non-negative axis of that array
+    wholes: dict[int, Any]  # position -> object
+    length: int
+    bytes_per_index: int
+    count: int  # positional arguments in all
+
+
+def _check_array(arg: Any, what: str) -> None:
+    if isinstance(arg, np.ma.MaskedArray):
+        # Its data without its mask would be silently wrong; its mask is a second array.
+        raise TypeError(
+            f"{what} is a masked array, which map cannot pass on with its mask; pass "
+            "a.data and a.mask as two arrays (or np.ma.filled(a, value))"
+        )
+    # A subclass (np.matrix, a user's class) would arrive as a plain ndarray; a memmap is
+    # only an ndarray over a file, and stays welcome.
+    if type(arg) is not np.ndarray and not isinstance(arg, np.memmap):
+        raise TypeError(
+            f"{what} is a {type(arg).__name__}, an ndarray subclass that map would pass on "
+            "as a plain ndarray; pass np.asarray(a) if that is what you want"
+        )
+    check_dtype(arg.dtype)
+
+
+def split_args(args: tuple[Any, ...], axis: object) -> SplitArgs:
+    """Sort positional arguments into chunked arrays and whole objects and check them."""
+    if not isinstance(axis, numbers.Integral) or isinstance(axis, bool):
+        raise ValueError(f"axis must be an int, got {axis!r}")
+    axis = int(axis)
+    chunked: dict[int, Array] = {}
+    axes: dict[int, int] = {}
+    wholes: dict[int, Any] = {}
+    for i, arg in enumerate(args):
+        if isinstance(arg, Whole):
+            if isinstance(arg.obj, np.ndarray):
+                _check_array(arg.obj, f"the whole() argument {i}")
+            wholes[i] = arg.obj
+            continue
+        if not isinstance(arg, np.ndarray):
+            raise TypeError(
+                f"positional argument {i} of map is a {type(arg).__name__}, not a NumPy array; "
+                "pass arrays to split, wrap other objects in shmpool.whole(), or pass them "
+                "as keyword arguments"
+            )
+        _check_array(arg, f"positional argument {i} of map")
+        if arg.ndim == 0:
+            raise ValueError(
+                f"positional argument {i} of map is a 0-d array, which has no axis to split; "
+                "wrap it in shmpool.whole() to pass it to every call"
+            )
+        if not -arg.ndim <= axis < arg.ndim:
+            raise ValueError(f"axis {axis} is out of bounds for argument {i} of shape {arg.shape}")
+        chunked[i] = arg
+        axes[i] = axis % arg.ndim
+    if not chunked:
+        raise ValueError("map needs at least one NumPy array to split into chunks")
+    lengths = {i: a.shape[axes[i]] for i, a in chunked.items()}
+    if len(set(lengths.values())) > 1:
+        shapes = ", ".join(f"argument {i}: {a.shape}" for i, a in chunked.items())
+        raise ValueError(f"arrays split along axis {axis} must have the same length along it; got {shapes}")
+    length = next(iter(lengths.values()))
+    per_index = sum(a.nbytes // a.shape[axes[i]] if a.shape[axes[i]] else 0 for i, a in chunked.items())
+    return SplitArgs(chunked, axes, wholes, length, per_index, len(args))
+
+
+@dataclass(frozen=True, slots=True)
+class MapRequest:
+    """A map call, checked: what every backend needs to run it."""
+
+    kernel: Callable[..., Any]
+    name: str
+    split: SplitArgs
+    plan: ChunkPlan
+    kwargs: dict[str, Any]
+    bar_options: dict[str, Any] | None
+    timeout: float | None
+
+    def where(self, chunk: int | None) -> str:
+        """What raised, for messages: the kernel, and the chunk with its indices."""
+        if chunk is None:
+            return f"kernel {self.name!r}"
+        low, high = self.plan.bounds(chunk)
+        return f"kernel {self.name!r} on chunk {chunk} (indices {low}:{high} of the split axis)"
+
+
+def check_map(
+    kernel: Callable[..., Any],
+    arrays: tuple[Any, ...],
+    axis: object,
+    chunks: object,
+    progress: object,
+    default_progress: object,
+    timeout: object,
+    workers: int,
+    kwargs: dict[str, Any],
+) -> MapRequest:
+    """Check the arguments of a map for a pool of ``workers``; raise on bad input."""
+    check_callable(kernel, "kernel")
+    split = split_args(arrays, axis)
+    plan = plan_chunks(split.length, chunks, workers, split.bytes_per_index)
+    bar_options = resolve_progress(progress, default_progress)
+    seconds = check_timeout(timeout)
+    return MapRequest(kernel, kernel_name(kernel), split, plan, kwargs, bar_options, seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRequest:
+    """An imap (or submit) call, checked. ``chunksize`` None means "auto"."""
+
+    fn: Callable[..., Any]
+    name: str
+    chunksize: int | None
+    ordered: bool
+    bar_options: dict[str, Any] | None
+    total: int | None
+
+
+def check_imap(
+    fn: Callable[..., Any],
+    iterable: Iterable[Any],
+    ordered: object,
+    chunksize: object,
+    progress: object,
+    default_progress: object,
+) -> ItemRequest:
+    """Check the arguments of an imap; raise on bad input."""
+    check_callable(fn, "fn")
+    if chunksize != "auto" and (
+        isinstance(chunksize, bool) or not isinstance(chunksize, numbers.Integral) or chunksize < 1  # type: ignore[operator]
+    ):
+        raise ValueError(f"chunksize must be a positive int or 'auto', got {chunksize!r}")
+    if not isinstance(iterable, Iterable):
+        raise TypeError(f"imap needs an iterable, got {type(iterable).__name__}")
+    bar_options = resolve_progress(progress, default_progress)
+    try:
+        total: int | None = len(iterable)  # type: ignore[arg-type]
+    except TypeError:
+        total = None
+    fixed = None if chunksize == "auto" else int(chunksize)  # type: ignore[call-overload]
+    return ItemRequest(fn, kernel_name(fn), fixed, bool(ordered), bar_options, total)

@@ -1,0 +1,261 @@
+"""A SharedPool's maps and item streams: staging, pickling, sending, and collecting replies.
+
+:class:`ProcessMapRun` is one map: plain arrays staged into shared memory, the kernel and
+arguments pickled once, one job sent to every worker through the dispatcher; when it is over,
+results are unpickled, staged copies copied back and their blocks recycled.
+:class:`ProcessStream` sends batches of items (imap, submit) to the least busy worker.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable
+from concurrent.futures import CancelledError
+from typing import Any
+
+import numpy as np
+
+from . import _arrays, _pickling
+from ._backend import CANCEL_GRACE_S, BatchOutcome, Failure, ItemBatch, MapOutcome
+from ._blocks import BlockStore
+from ._checks import ItemRequest, MapRequest, SplitArgs
+from ._dispatch import Dispatcher, MapCall, TaskCall
+from ._protocol import MapJob, RemoteError
+from ._remote import rebuild_error
+
+__all__ = ["ProcessMapRun", "ProcessStream"]
+
+Array = np.ndarray  # type: ignore[type-arg]
+
+
+def _failure(error: RemoteError) -> Failure:
+    return Failure(error.chunk, functools.partial(rebuild_error, error))
+
+
+class _Staging:
+    """Copies of plain arrays in shared memory for one map, copied back and freed after.
+
+    The same array passed twice is staged once. Read-only arrays are copied in only.
+    """
+
+    def __init__(self, store: BlockStore):
+        self._store = store
+        self._copies: dict[int, tuple[Array, Array]] = {}
+        self.bytes_in = 0
+        self.bytes_back = 0
+
+    def _shared(self, array: Array) -> Array:
+        """``array`` if it lives in the pool, else its staged copy."""
+        return array if self._store.owns(array) else self._copy_of(array)
+
+    def _ref(self, array: Array) -> _arrays.ArrayRef:
+        """The reference of ``array`` in the pool, staging it first if it is not there."""
+        found = _arrays.locate(array)
+        if found is None or not self._store.owns(array):
+            array = self._copy_of(array)
+            found = None
+        ref = _arrays.ref_of(array, found)
+        assert ref is not None
+        return ref
+
+    def _copy_of(self, array: Array) -> Array:
+        found = self._copies.get(id(array))
+        if found is None:
+            copy = self._store.staging_array(array)
+            np.copyto(copy, array)
+            if not array.flags.writeable:
+                copy.flags.writeable = False
+            self.bytes_in += array.nbytes
+            found = self._copies[id(array)] = (array, copy)
+        return found[1]
+
+    def stage(self, split: SplitArgs) -> tuple[tuple[_arrays.ArrayRef | None, ...], dict[int, Any]]:
+        """The refs of the chunked arrays (by position) and the whole objects, staged."""
+        refs: list[_arrays.ArrayRef | None] = [None] * split.count
+        for i, array in split.chunked.items():
+            refs[i] = self._ref(array)
+        wholes = {
+            i: self._shared(obj) if isinstance(obj, np.ndarray) else obj for i, obj in split.wholes.items()
+        }
+        return tuple(refs), wholes
+
+    def finish(self, *, copy_back: bool, reusable: bool) -> None:
+        """Copy writable originals back (when ``copy_back``), then hand the copies' blocks
+        back to the store (for reuse only when ``reusable``)."""
+        paths = []
+        for original, copy in self._copies.values():
+            if copy_back and original.flags.writeable:
+                np.copyto(original, copy)
+                self.bytes_back += original.nbytes
+            ref = _arrays.ref_of(copy)
+            assert ref is not None
+            paths.append(ref.path)
+        self._copies.clear()  # our own references would keep the blocks from being reused
+        for path in paths:
+            self._store.recycle(path, reusable)
+
+
+class ProcessMapRun:
+    """One map on a SharedPool (see :class:`shmpool._backend.MapRun`)."""
+
+    def __init__(self, dispatcher: Dispatcher, store: BlockStore, request: MapRequest):
+        """Stage, pickle and send ``request``; on any failure, undo and raise."""
+        self._dispatcher = dispatcher
+        self._request = request
+        self._call: MapCall | None = None
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._finished = False
+        kernel = _pickling.dumps_kernel(request.kernel, f"kernel {request.name!r}")
+        kwargs = _pickling.dumps_or_raise(request.kwargs, "the keyword arguments")
+        self._staging = _Staging(store)
+        try:
+            refs, wholes = self._staging.stage(request.split)
+            wholes_bytes = _pickling.dumps_or_raise(wholes, "the whole() arguments")
+            if len(request.plan) == 0:
+                return
+            axes = tuple(request.split.axes.get(i, -1) for i in range(request.split.count))
+            plan = request.plan
+            self._call = dispatcher.submit_map(
+                lambda job_id, slot: MapJob(job_id, slot, kernel, wholes_bytes, kwargs, refs, axes, plan),
+                len(plan),
+            )
+        except BaseException:
+            self._staging.finish(copy_back=False, reusable=True)  # nothing was sent
+            raise
+
+    def wait(self, timeout: float | None) -> bool:
+        return self._call is None or self._call.done.wait(timeout)
+
+    def chunks_done(self) -> int:
+        call = self._call
+        if call is None:
+            return 0
+        if call.done.is_set():
+            return call.chunks_run
+        return self._dispatcher.control.chunks_done(call.slot)
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+        if self._call is not None:
+            self._dispatcher.cancel(self._call)
+
+    def kill(self) -> None:
+        if self._call is not None:
+            self._dispatcher.kill_workers_of(self._call)
+
+    def finish(self) -> MapOutcome:
+        assert not self._finished, "a map run is finished once"
+        self._finished = True
+        call = self._call
+        outcome = MapOutcome([None] * len(self._request.plan))
+        over = call is None or call.done.is_set()
+        try:
+            if call is not None:
+                outcome.chunks_run = call.chunks_run
+                outcome.errors = [_failure(e) for e in call.errors]
+                outcome.failure = call.failure
+                # Results may be views of staged copies: rebuild them before the copies go.
+                if over and not call.errors and call.failure is None:
+                    for reply in call.replies:
+                        if reply.results is not None:
+                            for index, value in _pickling.loads(reply.results):
+                                outcome.results[index] = value
+        finally:
+            # A run given up on (not over) may still be written by a worker: its copies are
+            # still copied back (what its chunks wrote so far), but never lent again.
+            self._staging.finish(copy_back=True, reusable=over)
+        outcome.bytes_in, outcome.bytes_back = self._staging.bytes_in, self._staging.bytes_back
+        return outcome
+
+
+class _ProcessBatch:
+    """One batch of items sent to a worker."""
+
+    def __init__(self, name: str, count: int):
+        self.name = name
+        self.count = count
+        self.call: TaskCall | None = None
+
+    def outcome(self) -> BatchOutcome:
+        call = self.call
+        assert call is not None
+        if call.reply is None:
+            return BatchOutcome([], failure=call.failure)
+        results: list[Any] = _pickling.loads(call.reply.results)
+        error = call.reply.error
+        if error is not None:
+            return BatchOutcome(results, _failure(error))
+        if len(results) < self.count:
+            return BatchOutcome(results, failure=CancelledError(f"the call of {self.name!r} was cancelled"))
+        return BatchOutcome(results)
+
+
+class ProcessStream:
+    """Batches of items for one function (see :class:`shmpool._backend.ItemStream`).
+
+    An imap's batches share a control slot, whose cancel flag stops their unstarted items;
+    the slot is taken at the first batch, so an iterator never started holds nothing.
+    """
+
+    def __init__(self, dispatcher: Dispatcher, request: ItemRequest, star: bool):
+        self._dispatcher = dispatcher
+        self._request = request
+        self._star = star
+        self._fn = _pickling.dumps_or_raise(request.fn, f"function {request.name!r}")
+        self._slot: int | None = None
+        self._in_flight: set[TaskCall] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def send(self, items: list[Any], first: int, on_landed: Callable[[ItemBatch], None]) -> ItemBatch:
+        name = self._request.name
+        if self._star:
+            payload = _pickling.dumps_or_raise(items[0], f"the arguments of {name!r}")
+        else:
+            payload = _pickling.dumps_or_raise(items, f"imap items {first} to {first + len(items) - 1}")
+            if self._slot is None:
+                self._slot = self._dispatcher.acquire_slot()
+        batch = _ProcessBatch(name, len(items))
+
+        def landed(call: Any) -> None:
+            batch.call = call
+            with self._lock:
+                self._in_flight.discard(call)
+            on_landed(batch)
+
+        call = self._dispatcher.submit_tasks(
+            self._fn,
+            payload,
+            count=len(items),
+            first=first,
+            star=self._star,
+            slot=-1 if self._slot is None else self._slot,
+            on_done=landed,
+        )
+        with self._lock:
+            if not call.done.is_set():
+                self._in_flight.add(call)
+        return batch
+
+    def cancel(self) -> None:
+        if self._slot is not None and not self._closed:
+            self._dispatcher.control.cancel(self._slot)
+
+    def close(self) -> None:
+        """Wait for the batches in flight (cancelled first) and give the slot back."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._lock:
+            calls = list(self._in_flight)
+        if self._slot is not None:
+            self._dispatcher.control.cancel(self._slot)
+        for call in calls:
+            if not call.done.wait(CANCEL_GRACE_S):
+                self._dispatcher.kill_workers_of(call)
+                call.done.wait()
+        if self._slot is not None:
+            self._dispatcher.release_slot(self._slot)

@@ -1,0 +1,263 @@
+"""ThreadPool: the pool API run by threads of the calling process, for kernels that release
+the GIL (most NumPy ufuncs and BLAS calls, numba ``nogil`` functions) or on a free-threaded
+interpreter.
+
+Threads share the process's memory, so nothing is staged, pickled or copied: a map hands
+each thread views of the caller's own arrays, and kernels, lambdas and closures are called
+directly. A map's chunks are claimed one at a time from a counter by up to ``workers``
+runners on a ``concurrent.futures.ThreadPoolExecutor``.
+
+Threads cannot be killed. A chunk still running when its map times out, is cancelled
+after the grace, or the pool is terminated runs to its end in its thread and may still
+write into the arrays; its result is dropped, and :meth:`ThreadPool.close` waits for it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import CancelledError, ThreadPoolExecutor
+from concurrent.futures import Future as StdFuture
+from typing import Any
+
+import numpy as np
+
+from ._active import enter_worker_thread, in_worker
+from ._backend import BatchOutcome, Failure, ItemBatch, ItemStream, MapOutcome, MapRun
+from ._checks import ItemRequest, MapRequest
+from ._frontend import Pool
+from ._origin import attach_origin, traceback_text
+from ._owned import OwnedArrays
+from ._progress import resolve_progress
+from ._sizing import check_workers
+from .errors import PoolClosedError
+
+__all__ = ["ThreadBackend", "ThreadPool"]
+
+Array = np.ndarray  # type: ignore[type-arg]
+
+
+def _failure(exc: BaseException, index: int | None) -> Failure:
+    """A failure that raises ``exc`` itself, with where it was raised attached."""
+    kind = type(exc)
+    type_name = f"{kind.__module__}.{kind.__qualname__}"
+    text = traceback_text(exc)  # now: the traceback is the kernel's frames, before re-raising
+    return Failure(index, lambda where: attach_origin(exc, where, type_name, text))
+
+
+class _ThreadMapRun:
+    """One map on a ThreadPool (see :class:`shmpool._backend.MapRun`)."""
+
+    def __init__(self, backend: ThreadBackend, request: MapRequest):
+        self._request = request
+        plan = request.plan
+        self._count = len(plan)
+        self._lock = threading.Lock()
+        self._next = 0
+        self._stopped = False
+        self._results: list[Any] = [None] * self._count
+        self._errors: list[Failure] = []
+        self._run = 0
+        self._over = threading.Event()
+        split = request.split
+        self._args: list[Any] = [split.chunked.get(i, split.wholes.get(i)) for i in range(split.count)]
+        self._chunked: list[tuple[int, tuple[slice, ...]]] = [
+            (i, (slice(None),) * split.axes[i]) for i in split.chunked
+        ]
+        runners = min(backend.workers, self._count)
+        self._active = runners
+        if runners == 0:
+            self._over.set()
+        elif in_worker():
+            self._runner()  # a map from inside a kernel: run here rather than wait on ourselves
+        else:
+            for _ in range(runners):
+                backend.submit(self._runner).add_done_callback(self._runner_ended)
+
+    def _runner(self) -> None:
+        kernel, kwargs, plan = self._request.kernel, self._request.kwargs, self._request.plan
+        args = list(self._args)
+        try:
+            while True:
+                with self._lock:
+                    if self._stopped or self._next >= self._count:
+                        return
+                    chunk = self._next
+                    self._next += 1
+                low, high = plan.bounds(chunk)
+                for i, lead in self._chunked:
+                    args[i] = self._args[i][lead + (slice(low, high),)]  # noqa: RUF005 - 3.10 syntax
+                try:
+                    value = kernel(*args, **kwargs)
+                except BaseException as exc:  # SystemExit too: it is the kernel's, not ours
+                    with self._lock:
+                        self._errors.append(_failure(exc, chunk))
+                        self._stopped = True
+                    return
+                self._results[chunk] = value
+                with self._lock:
+                    self._run += 1
+        finally:
+            self._runner_ended(None)
+
+    def _runner_ended(self, future: StdFuture[None] | None) -> None:
+        # Called once per runner: from its own finally, or by the executor when it cancelled
+        # a runner that never started (terminate).
+        if future is not None and not future.cancelled():
+            return
+        with self._lock:
+            self._active -= 1
+            over = self._active <= 0
+        if over:
+            self._over.set()
+
+    def wait(self, timeout: float | None) -> bool:
+        return self._over.wait(timeout)
+
+    def chunks_done(self) -> int:
+        return self._run
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._stopped = True
+
+    def kill(self) -> None:
+        # Threads cannot be killed: stop waiting for them (see the module docstring).
+        self.cancel()
+        self._over.set()
+
+    def finish(self) -> MapOutcome:
+        with self._lock:
+            self._stopped = True
+            outcome = MapOutcome(list(self._results), self._run, 0, 0, list(self._errors))
+        if not outcome.errors and self._run < self._count:
+            outcome.failure = CancelledError(f"map of kernel {self._request.name!r} was stopped")
+        return outcome
+
+
+class _ThreadBatch:
+    def __init__(self) -> None:
+        self.result = BatchOutcome([])
+
+    def outcome(self) -> BatchOutcome:
+        return self.result
+
+
+class _ThreadStream:
+    """Batches of items run by the pool's threads (see :class:`shmpool._backend.ItemStream`)."""
+
+    def __init__(self, backend: ThreadBackend, request: ItemRequest, star: bool):
+        self._backend = backend
+        self._fn = request.fn
+        self._star = star
+        self._cancelled = False
+
+    def send(self, items: list[Any], first: int, on_landed: Callable[[ItemBatch], None]) -> ItemBatch:
+        batch = _ThreadBatch()
+
+        def run() -> None:
+            outcome = batch.result
+            number = first
+            try:
+                for item in items:
+                    if self._cancelled:
+                        outcome.failure = CancelledError("cancelled")
+                        break
+                    if self._star:
+                        args, kwargs = item
+                        outcome.results.append(self._fn(*args, **kwargs))
+                    else:
+                        outcome.results.append(self._fn(item))
+                    number += 1
+            except BaseException as exc:
+                outcome.error = _failure(exc, None if self._star else number)
+
+        def ended(future: StdFuture[None]) -> None:
+            if future.cancelled():
+                batch.result.failure = PoolClosedError("the ThreadPool was terminated before this call ran")
+            on_landed(batch)
+
+        if in_worker():
+            run()  # from inside a kernel: run here rather than wait on ourselves
+            on_landed(batch)
+        else:
+            self._backend.submit(run).add_done_callback(ended)
+        return batch
+
+    def cancel(self) -> None:
+        self._cancelled = True
+
+    def close(self) -> None:
+        pass  # nothing is held: batches in flight land as they end
+
+
+class ThreadBackend:
+    """Threads of this process, private memory (see :class:`shmpool._backend.Backend`)."""
+
+    kind = "ThreadPool"
+    # imap chunksize="auto": a batch costs a queue hand-off, tens of microseconds.
+    batch_target_s = 0.01
+
+    def __init__(self, workers: int):
+        self._workers = workers
+        self._executor = ThreadPoolExecutor(
+            workers, thread_name_prefix="shmpool-thread", initializer=enter_worker_thread
+        )
+        self._owned = OwnedArrays()
+        self._closed = False
+
+    @property
+    def workers(self) -> int:
+        return self._workers
+
+    def describe(self) -> str:
+        return f"workers={self._workers}"
+
+    def submit(self, fn: Callable[[], None]) -> StdFuture[None]:
+        """Run ``fn`` on one of the pool's threads."""
+        try:
+            return self._executor.submit(fn)
+        except RuntimeError:  # the executor was shut down under us
+            raise PoolClosedError("this ThreadPool is closed") from None
+
+    def allocate(self, shape: tuple[int, ...], dtype: np.dtype, order: str, zero: bool) -> Array:  # type: ignore[type-arg]
+        array: Array = (np.zeros if zero else np.empty)(shape, dtype=dtype, order=order)  # type: ignore[call-overload]
+        return self._owned.add(array)
+
+    def owns(self, a: Array) -> bool:
+        return self._owned.owns(a)
+
+    def release(self, a: Array) -> None:
+        self._owned.drop(a)
+
+    def start_map(self, request: MapRequest) -> MapRun:
+        return _ThreadMapRun(self, request)
+
+    def open_stream(self, request: ItemRequest, star: bool) -> ItemStream:
+        return _ThreadStream(self, request, star)
+
+    def shutdown(self, *, kill: bool) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._owned.clear()
+        # kill: queued work is cancelled (its calls end with PoolClosedError); running work
+        # cannot be stopped and ends in its thread.
+        self._executor.shutdown(wait=not kill, cancel_futures=kill)
+
+
+class ThreadPool(Pool):
+    """A pool of threads in this process, with the same API as :class:`~shmpool.SharedPool`.
+
+    For kernels that release the GIL (NumPy ufuncs, BLAS, numba ``nogil``), and for any
+    kernel on a free-threaded Python: no shared memory, no staging, no pickling, no
+    start-up. Arrays it allocates are ordinary NumPy arrays; ``map`` runs in place on views
+    of any arrays. ``workers`` defaults to the usable CPUs; ``progress`` is the default of
+    every call's ``progress=`` option. A chunk running when its map times out or the pool
+    is terminated cannot be killed: it runs to its end in its thread (its result dropped).
+    """
+
+    def __init__(self, workers: int | None = None, *, progress: bool | dict[str, Any] = False):
+        count = check_workers(workers)
+        resolve_progress(progress, None)
+        super().__init__(ThreadBackend(count), progress=progress)
