@@ -23,12 +23,20 @@ def rebuild_error(error: RemoteError, where: str) -> BaseException:
     if error.pickled is not None:
         try:
             exc = _pickling.loads(error.pickled)
-        except Exception:
+        except BaseException:  # its unpickling may raise anything: the text still travels
+            exc = None
+    header = f"{where} raised {error.type_name} in a worker process:"
+    cause = RemoteTraceback(f'\n"""\n{header}\n{error.traceback}"""')
+    if isinstance(exc, BaseException):
+        try:
+            exc.__cause__ = cause
+            if sys.version_info >= (3, 11):
+                exc.add_note(f"shmpool: {where}")
+        except BaseException:  # an exception type that refuses attributes
             exc = None
     if not isinstance(exc, BaseException):
         exc = KernelError(error.type_name, error.message, error.traceback)
-    header = f"{where} raised {error.type_name} in a worker process:"
-    exc.__cause__ = RemoteTraceback(f'\n"""\n{header}\n{error.traceback}"""')
-    if sys.version_info >= (3, 11):
-        exc.add_note(f"shmpool: {where}")
+        exc.__cause__ = cause
+        if sys.version_info >= (3, 11):
+            exc.add_note(f"shmpool: {where}")
     return exc
