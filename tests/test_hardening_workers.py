@@ -4,10 +4,10 @@ supervisor, steal another call's slot or run out of a fixed resource. Public API
 
 from __future__ import annotations
 
+import functools
 import gc
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, wait
 
 import numpy as np
@@ -47,31 +47,29 @@ def test_base_exception_in_a_kernel_reaches_the_caller(shared_pool: shmpool.Shar
 
 
 @pytest.mark.parametrize("kind", sorted(k.RAISABLE))
-def test_base_exception_in_submit_and_imap_reaches_the_caller(shared_pool: shmpool.SharedPool, kind: str) -> None:
+def test_base_exception_in_submit_and_imap_reaches_the_caller(
+    shared_pool: shmpool.SharedPool, kind: str
+) -> None:
     pids = set(shared_pool.worker_pids)
     error = shared_pool.submit(k.raise_always, kind).exception(timeout=10)
     assert type(error) is k.RAISABLE[kind]
     seen = []
     with pytest.raises(k.RAISABLE[kind]) as info:
-        for value in shared_pool.imap(k.raise_item, range(10)) if kind == "keyboard_interrupt" else map(
-            lambda i: i, shared_pool.imap(_raise_item_kind(kind), range(10))
-        ):
+        for value in shared_pool.imap(functools.partial(k.raise_item, kind=kind), range(10)):
             seen.append(value)
     assert seen == [0, 1, 4]
     assert "item 3" in notes(info.value)
     assert_usable(shared_pool, pids)
 
 
-def _raise_item_kind(kind: str) -> Callable[[int], int]:
-    def fn(i: int) -> int:
-        return k.raise_item(i, kind=kind)
-
-    return fn
-
-
 @pytest.mark.parametrize(
     ("kind", "arrives_as"),
-    [("bad_str", k.BadStr), ("bad_repr", k.BadRepr), ("bad_pickle", KernelError), ("bad_unpickle", KernelError)],
+    [
+        ("bad_str", k.BadStr),
+        ("bad_repr", k.BadRepr),
+        ("bad_pickle", KernelError),
+        ("bad_unpickle", KernelError),
+    ],
 )
 def test_exception_that_cannot_describe_or_pickle_itself(
     shared_pool: shmpool.SharedPool, kind: str, arrives_as: type[BaseException]
@@ -107,7 +105,7 @@ def test_argument_whose_unpickling_raises_a_base_exception(shared_pool: shmpool.
 
 def test_initializer_raising_system_exit_is_reported(start_method: str) -> None:
     with shmpool.SharedPool(1, start_method=start_method, initializer=k.exit_in_initializer) as pool:
-        with pytest.raises(WorkerCrashedError, match="initializer raised builtins.SystemExit") as info:
+        with pytest.raises(WorkerCrashedError, match=r"initializer raised builtins\.SystemExit") as info:
             pool.map(k.noop, np.zeros(3))
         assert isinstance(info.value.__cause__, SystemExit) and info.value.__cause__.code == 9
 
@@ -277,4 +275,3 @@ def test_cancelling_one_imap_leaves_the_others_running(shared_pool: shmpool.Shar
     assert next(first) == 0 and next(second) == 0
     first.close()  # type: ignore[attr-defined]
     assert list(second) == [i * i for i in range(1, 50)]
-
