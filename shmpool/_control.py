@@ -17,10 +17,14 @@ from __future__ import annotations
 import fcntl
 import mmap
 
-__all__ = ["MAX_SLOTS", "ControlBlock"]
+__all__ = ["MAX_SLOTS", "PREPARING", "ControlBlock"]
 
 # Maps that can be in flight at once in one pool. Each slot costs (3 + 2 * workers) words.
 MAX_SLOTS = 32
+
+# A worker's current-chunk word holds chunk + 1 while it runs a chunk, 0 between chunks,
+# and PREPARING while it unpickles a map's kernel and arguments (user code that may kill it).
+PREPARING = -1
 
 _NEXT, _TOTAL, _CANCEL, _FIXED = 0, 1, 2, 3
 _WORD = 8
@@ -62,14 +66,20 @@ class ControlBlock:
         return sum(self._words[start : start + self._workers])
 
     def worked_on(self, slot: int, worker: int) -> bool:
-        """Whether ``worker`` has claimed or finished any chunk of the map in ``slot``."""
+        """Whether ``worker`` has started on the map in ``slot``: it has begun unpickling its
+        arguments, or claimed or finished a chunk."""
         done, current = self.worker_words(slot, worker)
         return bool(self._words[done] or self._words[current])
 
     def current_chunk(self, slot: int, worker: int) -> int | None:
-        """The chunk ``worker`` is running in ``slot``, or None between chunks."""
+        """The chunk ``worker`` is running in ``slot``, or None between chunks (or while it
+        prepares the map: see :meth:`preparing`)."""
         value = self._words[slot * self._stride + _FIXED + self._workers + worker]
         return value - 1 if value > 0 else None
+
+    def preparing(self, slot: int, worker: int) -> bool:
+        """Whether ``worker`` is unpickling the kernel or arguments of the call in ``slot``."""
+        return self._words[slot * self._stride + _FIXED + self._workers + worker] == PREPARING
 
     # ---- both sides -------------------------------------------------------------------
 

@@ -56,7 +56,7 @@ class MapJob:
 
     ``arrays`` has one entry per positional argument: the ArrayRef of a chunked array, or
     None where the argument is a whole() object carried in ``wholes``. ``kernel`` is the
-    pickled kernel (a worker caches the last one); ``wholes`` unpickles to a dict from
+    pickled kernel (a worker caches the last few); ``wholes`` unpickles to a dict from
     positions to objects, ``kwargs`` to the keyword arguments.
     """
 
@@ -76,7 +76,7 @@ class TaskBatch:
     """Call ``fn`` on each item of a batch: ``fn(*args, **kwargs)`` for a ``submit``
     (``star``), ``fn(item)`` for ``imap`` items numbered from ``first``.
 
-    ``fn`` is pickled (a worker caches the last one); ``items`` unpickles to the list of
+    ``fn`` is pickled (a worker caches the last few); ``items`` unpickles to the list of
     items, or to ``(args, kwargs)`` when ``star``. ``slot`` is the control slot whose cancel
     flag is checked before each item and whose current word names the running item (-1:
     none).
@@ -123,12 +123,9 @@ class RemoteError:
     chunk: int | None
 
 
-@wire
 @dataclass(frozen=True, slots=True)
 class Ready:
     """The worker ran its initializer and waits for work."""
-
-    worker: int
 
 
 @wire
@@ -136,7 +133,6 @@ class Ready:
 class InitFailed:
     """The worker's initializer raised; the worker has exited."""
 
-    worker: int
     error: RemoteError
 
 
@@ -150,7 +146,6 @@ class MapDone:
     """
 
     job_id: int
-    worker: int
     results: bytes | None
     chunks_run: int
     error: RemoteError | None
@@ -163,6 +158,5 @@ class TaskDone:
     the error that stopped it (its ``chunk`` is the failing item's number)."""
 
     job_id: int
-    worker: int
     results: bytes
     error: RemoteError | None

@@ -22,8 +22,13 @@ def rebuild_error(error: RemoteError, where: str) -> BaseException:
     if error.pickled is not None:
         try:
             exc = _pickling.loads(error.pickled)
-        except Exception:
+        except BaseException:  # its unpickling may raise anything: the text still travels
             exc = None
-    if not isinstance(exc, BaseException):
-        exc = KernelError(error.type_name, error.message, error.traceback)
-    return attach_origin(exc, where, error.type_name, error.traceback)
+    if isinstance(exc, BaseException):
+        try:
+            return attach_origin(exc, where, error.type_name, error.traceback)
+        except BaseException:  # an exception type that refuses attributes
+            pass
+    return attach_origin(
+        KernelError(error.type_name, error.message, error.traceback), where, error.type_name, error.traceback
+    )

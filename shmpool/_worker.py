@@ -3,11 +3,18 @@
 Each worker owns one duplex pipe to its pool (no shared queue, so a worker killed at any
 moment cannot leave a lock held). It ignores SIGINT (the parent alone turns Ctrl-C into a
 cancellation), exits when its parent dies, keeps every block it attached mapped until the
-parent says it was freed, and caches the last kernel it unpickled.
+parent says it was freed, and caches the last few kernels it unpickled (``_KernelCache``).
+
+Whatever user code raises here (a kernel, a ``submit`` or ``imap`` function, the
+initializer, the unpickling of their arguments or the pickling of their results) is caught
+as a BaseException, so ``SystemExit`` and ``KeyboardInterrupt`` too, and travels back as a
+:class:`RemoteError`: the worker stays alive and the caller gets the exception. Only
+``os._exit``, a signal or a crash in C ends a worker.
 """
 
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 import pickle
@@ -19,7 +26,7 @@ from typing import Any
 
 from . import _arrays, _pickling
 from ._active import mark_worker_process
-from ._control import ControlBlock
+from ._control import PREPARING, ControlBlock
 from ._lifeline import watch_parent
 from ._protocol import InitFailed, MapDone, MapJob, Ready, Release, RemoteError, Stop, TaskBatch, TaskDone
 from ._segments import raise_fd_limit
@@ -27,15 +34,46 @@ from ._segments import raise_fd_limit
 __all__ = ["first_unpicklable", "remote_error", "worker_main"]
 
 
-def remote_error(exc: BaseException, chunk: int | None) -> RemoteError:
-    """Capture ``exc`` so that it reaches the parent whatever it is made of."""
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+def _safe_text(describe: Callable[[], str], fallback: str) -> str:
+    """``describe()``, or ``fallback`` when user code in it (a ``__str__``) raises."""
     try:
-        pickled: bytes | None = _pickling.dumps(exc)
-    except Exception:
-        pickled = None
+        text = describe()
+        if isinstance(text, str):
+            return text
+    except BaseException:  # an exception's __str__ may raise anything, SystemExit included
+        pass
+    return fallback
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__qualname__}: {exc}"
+
+
+def remote_error(exc: BaseException, chunk: int | None) -> RemoteError:
+    """Capture ``exc`` so that it reaches the parent whatever it is made of.
+
+    Each part is taken on its own, so an exception whose ``__str__``, ``__repr__`` or
+    pickling raises still arrives: as itself when it pickles and unpickles (checked here,
+    so that the parent never gets bytes it cannot load), else as a KernelError built from
+    the text that could be had.
+    """
     kind = type(exc)
-    return RemoteError(pickled, f"{kind.__module__}.{kind.__qualname__}", str(exc), text, chunk)
+    type_name = _safe_text(lambda: f"{kind.__module__}.{kind.__qualname__}", "<unknown exception type>")
+    message = _safe_text(lambda: str(exc), f"<str() of the {type_name} raised too>")
+    text = _safe_text(
+        lambda: "".join(traceback.format_exception(kind, exc, exc.__traceback__)),
+        _safe_text(
+            lambda: "".join(traceback.format_tb(exc.__traceback__)) + f"{type_name}: {message}\n",
+            f"{type_name}: {message}\n",
+        ),
+    )
+    pickled: bytes | None
+    try:
+        pickled = _pickling.dumps(exc)
+        _pickling.loads(pickled)  # one that cannot be rebuilt travels as text only
+    except BaseException:
+        pickled = None
+    return RemoteError(pickled, type_name, message, text, chunk)
 
 
 class _KernelCache:
@@ -77,10 +115,10 @@ def worker_main(
         if init_payload is not None:
             initializer, initargs = _pickling.loads(init_payload)
             initializer(*initargs)
-    except Exception as exc:
-        conn.send_bytes(pickle.dumps(InitFailed(index, remote_error(exc, None))))
+    except BaseException as exc:  # SystemExit in an initializer is reported, not obeyed
+        conn.send_bytes(pickle.dumps(InitFailed(remote_error(exc, None))))
         return
-    conn.send_bytes(pickle.dumps(Ready(index)))
+    conn.send_bytes(pickle.dumps(Ready()))
     kernels = _KernelCache()
     while True:
         try:
@@ -107,6 +145,10 @@ def _run_map(job: MapJob, control: ControlBlock, index: int, kernels: _KernelCac
     chunk: int | None = None
     args: list[Any] = []
     arrays: list[Any] = []
+    # Marked before any user code runs (unpickling the kernel, whole() objects, keywords):
+    # a worker that dies from here on is seen to have worked on this map, so the map fails
+    # instead of being handed to a replacement that would die the same way.
+    words[current_word] = PREPARING
     try:
         kernel = kernels.get(job.kernel)
         wholes = _pickling.loads(job.wholes)
@@ -143,7 +185,7 @@ def _run_map(job: MapJob, control: ControlBlock, index: int, kernels: _KernelCac
             else:
                 continue
             break
-    except Exception as exc:
+    except BaseException as exc:
         control.cancel(job.slot)
         error = remote_error(exc, chunk)
     finally:
@@ -154,10 +196,10 @@ def _run_map(job: MapJob, control: ControlBlock, index: int, kernels: _KernelCac
     if results and error is None:
         try:
             packed = _pickling.dumps(results)
-        except Exception:
+        except BaseException:
             control.cancel(job.slot)
             error = first_unpicklable(results, "chunk")[1]
-    return MapDone(job.job_id, index, packed, ran, error)
+    return MapDone(job.job_id, packed, ran, error)
 
 
 def _run_tasks(batch: TaskBatch, control: ControlBlock, index: int, kernels: _KernelCache) -> TaskDone:
@@ -167,6 +209,8 @@ def _run_tasks(batch: TaskBatch, control: ControlBlock, index: int, kernels: _Ke
     slot = batch.slot
     words = control.words
     current_word = control.worker_words(slot, index)[1] if slot >= 0 else -1
+    if slot >= 0:
+        words[current_word] = PREPARING
     try:
         fn = kernels.get(batch.fn)
         items = _pickling.loads(batch.items)
@@ -180,17 +224,17 @@ def _run_tasks(batch: TaskBatch, control: ControlBlock, index: int, kernels: _Ke
                         break
                     words[current_word] = number + 1
                 results.append(fn(item))
-    except Exception as exc:
+    except BaseException as exc:
         error = remote_error(exc, number)
     finally:
         if slot >= 0:
             words[current_word] = 0
     try:
         packed = _pickling.dumps(results)
-    except Exception:
+    except BaseException:
         good, error = first_unpicklable(list(enumerate(results, batch.first)), "item")
         packed = _pickling.dumps(results[:good])
-    return TaskDone(batch.job_id, index, packed, error)
+    return TaskDone(batch.job_id, packed, error)
 
 
 def first_unpicklable(results: list[tuple[int, Any]], what: str) -> tuple[int, RemoteError]:
@@ -198,10 +242,11 @@ def first_unpicklable(results: list[tuple[int, Any]], what: str) -> tuple[int, R
     for position, (number, value) in enumerate(results):
         try:
             _pickling.dumps(value)
-        except Exception as exc:
+        except BaseException as exc:  # a __reduce__ may raise anything
+            reason = _safe_text(functools.partial(_describe, exc), type(exc).__qualname__)
             wrapped = TypeError(
                 f"the return value for {what} {number} cannot be sent back to the "
-                f"parent ({type(value).__qualname__}): {exc}"
+                f"parent ({type(value).__qualname__}): {reason}"
             )
             wrapped.__cause__ = exc
             return position, remote_error(wrapped, number)
