@@ -19,7 +19,7 @@ from typing import Any
 
 from . import _arrays, _pickling
 from ._control import ControlBlock
-from ._lifeline import watch_parent
+from ._lifeline import default_ending_signals, watch_parent
 from ._protocol import InitFailed, MapDone, MapJob, Ready, Release, RemoteError, Stop, TaskBatch, TaskDone
 from ._segments import raise_fd_limit
 
@@ -72,6 +72,7 @@ def worker_main(
     global IN_WORKER
     IN_WORKER = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    default_ending_signals()  # SIGTERM/SIGHUP end a worker at once, even under fork
     watch_parent(lambda: None)
     raise_fd_limit()
     fd = os.open(control_path, os.O_RDWR)
