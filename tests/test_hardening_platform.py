@@ -400,8 +400,12 @@ TARGETS: dict[str, Callable[[subprocess.Popen[str], dict, int], None]] = {  # ty
 
 @pytest.mark.parametrize("target", list(TARGETS))
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
-def test_signal_ends_the_pool_and_leaves_nothing(start_method: str, sig: int, target: str) -> None:
-    proc, report = _start_child(start_method, new_session=True)
+def test_signal_ends_the_pool_and_leaves_nothing(
+    start_method: str, sig: int, target: str, shared_folder: Path
+) -> None:
+    # In a folder of the test's own: in /dev/shm itself, any pool starting elsewhere on the
+    # machine would sweep the dead child's blocks and hide a leak.
+    proc, report = _start_child(start_method, str(shared_folder), new_session=True)
     assert all(os.path.exists(p) for p in report["blocks"])
     TARGETS[target](proc, report, sig)
     stderr = _finish(proc, report)
@@ -413,9 +417,9 @@ def test_signal_ends_the_pool_and_leaves_nothing(start_method: str, sig: int, ta
 OS_EXIT_CHILD = POOL_CHILD.replace("time.sleep(120)", "sys.stdin.readline(); os._exit(3)")
 
 
-def test_os_exit_skipping_atexit_leaves_nothing(start_method: str) -> None:
+def test_os_exit_skipping_atexit_leaves_nothing(start_method: str, shared_folder: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(OS_EXIT_CHILD), start_method, ""],
+        [sys.executable, "-c", textwrap.dedent(OS_EXIT_CHILD), start_method, str(shared_folder)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
