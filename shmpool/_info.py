@@ -9,22 +9,39 @@ import sys
 
 import numpy as np
 
-from ._segments import TEMP_FOLDER_ENV, block_folder, free_bytes, list_blocks
+from ._segments import TEMP_FOLDER_ENV, BlockEntry, block_folder, free_bytes, pid_alive, scan_blocks
 from ._sizing import usable_cpus
 from .pool import default_start_method
 
-__all__ = ["info_lines"]
+__all__ = ["describe_block", "info_lines"]
 
 
-def _pid_state(path: str) -> str:
-    pid = int(os.path.basename(path).split("_")[1])
+def _process_uid(pid: int) -> int | None:
+    """The real user ID of a running process, or None where /proc cannot tell."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return f"creator {pid} is gone: a leftover (removed by the next pool start)"
-    except PermissionError:
-        pass
-    return f"creator {pid} is running"
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
+def describe_block(entry: BlockEntry) -> str:
+    """What an entry named like a block is, and what a pool start will do with it.
+
+    Only this user's regular files count as blocks; anything else (another user's file,
+    a directory, a symlink, a FIFO) is named as such and is never touched by shmpool.
+    """
+    st = entry.stat
+    if not entry.is_ours:
+        what = "file" if entry.kind == "file" else entry.kind
+        return f"a {what} of uid {st.st_uid}, not this user's block: shmpool leaves it alone"
+    size = f"{st.st_size:,} bytes"
+    if not pid_alive(entry.pid):
+        return f"{size}; creator {entry.pid} is gone: a leftover (removed by the next pool start)"
+    uid = _process_uid(entry.pid)
+    if uid is not None and uid != os.geteuid():
+        # PIDs are reused: our creator ran as us, so this is a stranger's later process.
+        return f"{size}; PID {entry.pid} is now a process of uid {uid}: probably a leftover, kept while that PID lives"
+    return f"{size}; in use by process {entry.pid} of this user"
 
 
 def info_lines() -> list[str]:
@@ -51,7 +68,12 @@ def info_lines() -> list[str]:
         f"block folder: {folder}; size {st.f_blocks * st.f_frsize / 2**30:.2f} GiB, "
         f"free {free_bytes(folder) / 2**30:.2f} GiB"
     )
-    blocks = list_blocks(folder)
-    lines.append(f"shmpool blocks present: {len(blocks)}")
-    lines.extend(f"  {path} ({os.path.getsize(path):,} bytes; {_pid_state(path)})" for path in blocks)
+    entries = scan_blocks(folder)
+    ours = [e for e in entries if e.is_ours]
+    live = [e for e in ours if pid_alive(e.pid)]
+    lines.append(
+        f"shmpool blocks present: {len(ours)} of this user ({len(live)} of running processes, "
+        f"{len(ours) - len(live)} leftovers); {len(entries) - len(ours)} other entries named like blocks"
+    )
+    lines.extend(f"  {entry.path} ({describe_block(entry)})" for entry in entries)
     return lines

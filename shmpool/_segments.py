@@ -10,8 +10,18 @@ stand in for ``/dev/shm`` when that is too small.
 Ownership: every block is tracked by the pool's :class:`BlockManager`, a
 ``multiprocessing.managers.SharedMemoryManager`` whose server unlinks every block it tracks
 when the pool shuts down, and also when it sees its parent die: the stock server never
-notices that (https://github.com/python/cpython/issues/81158). A kill of the whole process
-group kills the manager too; :func:`sweep_dead_blocks` removes what such owners left behind.
+notices that (https://github.com/python/cpython/issues/81158). The manager runs in a process
+group of its own, so a signal to the pool's whole group leaves it alive to clean up, and it
+cleans up before a SIGTERM or SIGHUP ends it (see :mod:`shmpool._lifeline`). What is left
+when even the manager was killed outright, :func:`sweep_dead_blocks` removes at a later
+pool start.
+
+The folder may be shared with other users (``/dev/shm`` is world-writable and sticky).
+Anything in it that this process did not create itself is touched only if it is a regular
+file that this user owns, looked at with ``lstat`` and removed relative to an open
+descriptor of the folder: never a symlink's target, a directory, a FIFO or another user's
+file, whatever its name, so nothing another user plants there can stop a pool or be
+deleted by one (even one run as root).
 """
 
 from __future__ import annotations
@@ -22,9 +32,12 @@ import mmap
 import os
 import re
 import secrets
+import stat
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.managers import (  # type: ignore[attr-defined]
     SharedMemoryManager,
     SharedMemoryServer,
@@ -32,11 +45,12 @@ from multiprocessing.managers import (  # type: ignore[attr-defined]
 )
 from typing import Any
 
-from ._lifeline import watch_parent
+from ._lifeline import clean_up_on_signals, leave_process_group, watch_parent
 from .errors import ManagerError, SharedMemoryFullError
 
 __all__ = [
     "BLOCK_PREFIX",
+    "BlockEntry",
     "map_fd",
     "new_pool_tag",
     "raise_fd_limit",
@@ -46,6 +60,8 @@ __all__ = [
     "create_block",
     "free_bytes",
     "list_blocks",
+    "pid_alive",
+    "scan_blocks",
     "sweep_dead_blocks",
     "unlink_quietly",
 ]
@@ -57,6 +73,8 @@ _SHM_FOLDER = "/dev/shm"
 # of dead creators; the pool tag lets a manager sweep its own pool's blocks and nothing
 # else, even when the kernel has reused its dead parent's PID for a new process.
 _NAME_RE = re.compile(rf"^{BLOCK_PREFIX}(\d+)_([0-9a-f]+)_[0-9a-f]+$")
+
+_CREATE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 # posix_fallocate errors that mean "this file system cannot reserve", not "it is full".
 _NO_FALLOCATE = {errno.EOPNOTSUPP, errno.EINVAL, errno.ENODEV, errno.ENOSYS}
@@ -116,9 +134,11 @@ def create_block(folder: str, size: int, pool_tag: str) -> tuple[str, mmap.mmap]
     while True:
         path = os.path.join(folder, f"{BLOCK_PREFIX}{os.getpid()}_{pool_tag}_{secrets.token_hex(6)}")
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            # O_EXCL refuses any existing name, a planted symlink included; O_NOFOLLOW says
+            # so twice, in case a platform's O_EXCL ever did follow one.
+            fd = os.open(path, _CREATE_FLAGS, 0o600)
         except FileExistsError:
-            continue
+            continue  # taken, by us or by anyone else: draw another name
         break
     try:
         os.ftruncate(fd, size)
@@ -179,16 +199,116 @@ def unlink_quietly(path: str) -> None:
         os.unlink(path)
 
 
-def list_blocks(folder: str) -> list[str]:
-    """The shmpool block files in ``folder`` (of any process)."""
+@dataclass(frozen=True)
+class BlockEntry:
+    """An entry of a block folder named like a block, as ``lstat`` saw it."""
+
+    path: str
+    pid: int  # the creator's PID, from the name
+    tag: str  # the creator's pool tag, from the name
+    stat: os.stat_result  # of the entry itself, not of what a symlink points to
+
+    @property
+    def name(self) -> str:
+        """The entry's name in its folder."""
+        return os.path.basename(self.path)
+
+    @property
+    def is_ours(self) -> bool:
+        """Whether it is a regular file that this user owns: the only kind of entry that
+        shmpool ever removes unless it created that very file itself."""
+        return stat.S_ISREG(self.stat.st_mode) and self.stat.st_uid == os.geteuid()
+
+    @property
+    def kind(self) -> str:
+        """'file', 'directory', 'symlink', 'FIFO', 'socket' or 'device'."""
+        mode = self.stat.st_mode
+        for test, kind in (
+            (stat.S_ISREG, "file"),
+            (stat.S_ISDIR, "directory"),
+            (stat.S_ISLNK, "symlink"),
+            (stat.S_ISFIFO, "FIFO"),
+            (stat.S_ISSOCK, "socket"),
+        ):
+            if test(mode):
+                return kind
+        return "device"
+
+
+def _open_folder(folder: str) -> int | None:
     try:
-        names = os.listdir(folder)
+        return os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def _scan_fd(folder: str, dir_fd: int) -> list[BlockEntry]:
+    entries = []
+    try:
+        with os.scandir(dir_fd) as found:
+            names = [e.name for e in found]
     except OSError:
         return []
-    return sorted(os.path.join(folder, n) for n in names if _NAME_RE.match(n))
+    for name in sorted(names):
+        match = _NAME_RE.match(name)
+        if match is None:
+            continue
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            continue  # gone since the listing (or unreadable): nothing to report or remove
+        entries.append(BlockEntry(os.path.join(folder, name), int(match[1]), match[2], st))
+    return entries
 
 
-def _pid_alive(pid: int) -> bool:
+def scan_blocks(folder: str) -> list[BlockEntry]:
+    """Every entry of ``folder`` named like a block, of any user and any kind."""
+    dir_fd = _open_folder(folder)
+    if dir_fd is None:
+        return []
+    try:
+        return _scan_fd(folder, dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def list_blocks(folder: str) -> list[str]:
+    """The paths of the entries in ``folder`` named like blocks (of any process or user)."""
+    return [entry.path for entry in scan_blocks(folder)]
+
+
+def _remove_own(folder: str, select: Callable[[BlockEntry], bool]) -> list[str]:
+    """Unlink the block files of ``folder`` that this user owns and ``select`` picks.
+
+    Relative to a descriptor of the folder, so a folder swapped for a symlink midway
+    cannot redirect the unlink; each entry is checked with ``lstat`` again just before it
+    is removed, so an entry replaced since the scan is left alone. In a sticky folder
+    (``/dev/shm``) nobody but this user or root can replace a file this user owns, so what
+    is unlinked is what was checked. Errors skip the entry: a sweep never stops a pool.
+    """
+    dir_fd = _open_folder(folder)
+    if dir_fd is None:
+        return []
+    removed = []
+    try:
+        for entry in _scan_fd(folder, dir_fd):
+            if not entry.is_ours or not select(entry):
+                continue
+            try:
+                now = os.stat(entry.name, dir_fd=dir_fd, follow_symlinks=False)
+                if (now.st_dev, now.st_ino) != (entry.stat.st_dev, entry.stat.st_ino):
+                    continue
+                os.unlink(entry.name, dir_fd=dir_fd)
+            except OSError:
+                continue
+            removed.append(entry.path)
+    finally:
+        os.close(dir_fd)
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists (of any user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -199,19 +319,14 @@ def _pid_alive(pid: int) -> bool:
 
 
 def sweep_dead_blocks(folder: str) -> list[str]:
-    """Unlink blocks whose creating process no longer exists; return their paths.
+    """Unlink this user's blocks whose creating process no longer exists; return their paths.
 
-    Needed after the whole process group was killed (the manager died with its parent).
-    The creator's PID is in the name; a block whose creator is alive is never touched.
+    Needed after the manager itself was killed outright (SIGKILL to every process, the OOM
+    killer). The creator's PID is in the name; a block whose creator is alive is never
+    touched, nor anything that is not this user's regular file (see :func:`_remove_own`).
     Caveat: processes in another PID namespace sharing the folder look dead from here.
     """
-    removed = []
-    for path in list_blocks(folder):
-        match = _NAME_RE.match(os.path.basename(path))
-        if match and not _pid_alive(int(match.group(1))):
-            unlink_quietly(path)
-            removed.append(path)
-    return removed
+    return _remove_own(folder, lambda entry: not pid_alive(entry.pid))
 
 
 def _pool_prefix(path: str) -> tuple[str, str]:
@@ -221,17 +336,28 @@ def _pool_prefix(path: str) -> tuple[str, str]:
 
 
 class _BlockServer(SharedMemoryServer):  # type: ignore[misc]
-    """The manager's server: tracks block paths and unlinks them at shutdown or parent death."""
+    """The manager's server: tracks block paths and unlinks them at shutdown, when its
+    parent dies, and before a SIGTERM or SIGHUP ends it.
+
+    It is built in the manager process's main thread, before it serves: that is where the
+    process leaves its parent's group and installs its signal handlers.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._paths: set[str] = set()
+        # The shmpool_<pid>_<tag>_ prefix of every block ever tracked, kept after release,
+        # to find a block the parent created but had not handed over when it died.
+        self._prefixes: set[tuple[str, str]] = set()
         self._paths_lock = threading.Lock()
-        watch_parent(self._parent_died)
+        leave_process_group()
+        clean_up_on_signals(self._clean_up)
+        watch_parent(self._clean_up)
 
     def track_segment(self, c: Any, segment_name: str) -> None:
         with self._paths_lock:
             self._paths.add(segment_name)
+            self._prefixes.add(_pool_prefix(segment_name))
 
     def release_segment(self, c: Any, segment_name: str) -> None:
         with self._paths_lock:
@@ -246,22 +372,32 @@ class _BlockServer(SharedMemoryServer):  # type: ignore[misc]
         self._unlink_all()
         return super().shutdown(c)
 
-    def _parent_died(self) -> None:
-        # Unlink what we track, and also any block of our pool that the parent made but had
-        # not handed to us yet (it died between creating the file and the track call).
-        with self._paths_lock:
-            prefixes = {_pool_prefix(p) for p in self._paths}
-        self._unlink_all()
-        for folder, prefix in prefixes:
-            for path in list_blocks(folder):
-                if os.path.basename(path).startswith(prefix):
-                    unlink_quietly(path)
+    def _clean_up(self) -> None:
+        """The pool is ending without a shutdown call (its process died, or this one was
+        told to end): unlink what we track, and any block of our pool that the parent made
+        but had not handed to us yet (it died between creating the file and the track
+        call): of those, only this user's regular files (:func:`_remove_own`)."""
+        prefixes = self._unlink_all()
 
-    def _unlink_all(self) -> None:
-        with self._paths_lock:
+        def of_our_pool(entry: BlockEntry) -> bool:
+            return _pool_prefix(entry.path) in prefixes
+
+        for folder in {folder for folder, _ in prefixes}:
+            _remove_own(folder, of_our_pool)
+
+    def _unlink_all(self) -> set[tuple[str, str]]:
+        # A signal handler runs this in the main thread, which never holds the lock itself;
+        # the bounded wait keeps a handler from hanging on a request thread stuck mid-call.
+        locked = self._paths_lock.acquire(timeout=1.0)
+        try:
             paths, self._paths = self._paths, set()
+            prefixes = set(self._prefixes)
+        finally:
+            if locked:
+                self._paths_lock.release()
         for path in paths:
             unlink_quietly(path)
+        return prefixes
 
 
 class BlockManager(SharedMemoryManager):

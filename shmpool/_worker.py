@@ -27,7 +27,7 @@ from typing import Any
 from . import _arrays, _pickling
 from ._active import mark_worker_process
 from ._control import PREPARING, ControlBlock
-from ._lifeline import watch_parent
+from ._lifeline import default_ending_signals, watch_parent
 from ._protocol import InitFailed, MapDone, MapJob, Ready, Release, RemoteError, Stop, TaskBatch, TaskDone
 from ._segments import raise_fd_limit
 
@@ -107,6 +107,7 @@ def worker_main(
     """Entry point of worker ``index``: run the initializer, then serve the pipe."""
     mark_worker_process()  # a decorated kernel called here runs in place
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    default_ending_signals()  # SIGTERM/SIGHUP end a worker at once, even under fork
     watch_parent(lambda: None)
     raise_fd_limit()
     fd = os.open(control_path, os.O_RDWR)

@@ -104,9 +104,14 @@ def test_parent_killed_with_temp_folder(tmp_path: Path) -> None:
     assert not blocks and not pids
 
 
-def test_process_group_killed_then_swept(tmp_path: Path) -> None:
-    # Killing the whole group takes the manager with it: the next pool start sweeps.
+def test_everything_killed_then_swept(tmp_path: Path) -> None:
+    # The manager runs in a group of its own, so killing the pool's group leaves it to clean
+    # up (tests/test_hardening_platform.py); killed outright first, it cannot: the next
+    # pool start sweeps what it left.
     proc, report = _spawn_child("fork", str(tmp_path), new_session=True)
+    os.kill(report["pids"][-1], signal.SIGKILL)  # the manager
+    _, pids = _gone_within({"blocks": [], "pids": report["pids"][-1:]}, 5.0)
+    assert not pids
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
     _, pids = _gone_within({"blocks": [], "pids": report["pids"]}, 5.0)
