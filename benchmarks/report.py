@@ -403,7 +403,7 @@ COMPARE_TEXT = f"""One map from plain NumPy arrays (not pool-allocated) to the r
 `np.empty` output, then the kernel over the same 8 chunks (`e2e-plain8` rows) in
 `{THREADS}` (a bare `ThreadPoolExecutor`, the kernel on slices with `out=`), `shmpool.ThreadPool`
 and `SharedPool` (which stages plain arrays through shared memory). Medians of the same run;
-the minima's ratio in brackets. Below 1 is faster than `{THREADS}`. The issue's target:
+the ratio of the minima in parentheses. Below 1 is faster than `{THREADS}`. The issue's target:
 ThreadPool/{THREADS} ≤ {COMPARE_TARGET:.2f} for the GIL-releasing kernel; with the GIL held,
 threads cannot run in parallel and SharedPool should beat both thread pools."""
 
