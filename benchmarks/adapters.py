@@ -11,10 +11,16 @@ against serial NumPy. It times only the work the workload defines, inside
 W5 (memory) reuses ``w2``: the host samples the process tree around the same call.
 
 Systems (``ADAPTERS``): serial NumPy; memcpy (the bandwidth reference); ideal (the
-ideal-parallel bound); shmpool; mp_pool (``multiprocessing.Pool``, pickled chunks); cf_ppe
+ideal-parallel bound); shmpool; threadpool (``shmpool.ThreadPool``, left out until it
+exists); daskpool (shmpool's ``DaskPool``); cf_tpe (a bare ``ThreadPoolExecutor`` running
+the kernel on slices, in place); mp_pool (``multiprocessing.Pool``, pickled chunks); cf_ppe
 (``ProcessPoolExecutor``); shm_hand (hand-written ``SharedMemory`` + ``Pool``: attach by
 name in each task, write in place); joblib; joblib_memmap (joblib writing into an
 ``np.memmap`` output); mpire; dask (``dask.distributed`` LocalCluster).
+
+W2 and W3 variant ``e2e-plain8`` (thread peer, ThreadPool, SharedPool): the issue's
+threads-vs-processes comparison, a map over the plain input into a fresh ``np.empty``
+output in ``kernels.COMPARE_CHUNKS`` (8) chunks, whatever the worker count.
 """
 
 from __future__ import annotations
@@ -26,8 +32,10 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from multiprocessing import shared_memory
 from typing import Any, ClassVar
@@ -43,6 +51,8 @@ __all__ = ["ADAPTERS", "Adapter", "Case", "SelfChecked", "Unsupported"]
 # Where joblib_memmap keeps its np.memmap files, like joblib's own automatic memmapping.
 MEMMAP_FOLDER = "/dev/shm" if os.path.isdir("/dev/shm") else None
 START_METHODS = ("fork", "forkserver", "spawn")
+# The threads-vs-processes comparison's variant (W2, W3): plain arrays, 8 chunks, end to end.
+PLAIN8 = "e2e-plain8"
 
 
 class Unsupported(Exception):
@@ -106,8 +116,16 @@ class Case:
 
     @property
     def bounds(self) -> list[tuple[int, int]]:
-        """``(start, stop)`` of every chunk along axis 0."""
-        return kernels.chunk_bounds(self.x.shape[0], self.chunk_len)
+        """``(start, stop)`` of every chunk along axis 0: the common chunk length, or
+        ``COMPARE_CHUNKS`` chunks for the ``e2e-plain8`` variant."""
+        return kernels.chunk_bounds(self.x.shape[0], self.variant_chunk_len)
+
+    @property
+    def variant_chunk_len(self) -> int:
+        """Indices per chunk for this case's variant (see :attr:`bounds`)."""
+        if self.variant == PLAIN8:
+            return kernels.compare_chunk_len(self.x.shape[0])
+        return self.chunk_len
 
     @property
     def kernels(self) -> tuple[Callable[[np.ndarray, np.ndarray], None], Callable[[np.ndarray], np.ndarray]]:
@@ -363,8 +381,8 @@ class ShmpoolAdapter(Adapter):
     REQUIRES = ("shmpool",)
     VARIANTS: ClassVar[dict[str, tuple[str, ...]]] = {
         "W1": ("default", "empty"),
-        "W2": ("e2e", "e2e-staged", "steady"),
-        "W3": ("e2e", "steady"),
+        "W2": ("e2e", "e2e-staged", PLAIN8, "steady"),
+        "W3": ("e2e", PLAIN8, "steady"),
         "W4": START_METHODS,
         "W6": ("default",),
         "W7": ("default", "auto", "batched"),
@@ -409,10 +427,11 @@ class ShmpoolAdapter(Adapter):
         kernel, ``empty`` an empty one (checked by counting the chunks that ran)."""
         xs, out = self._shared(case)
         if variant == "empty":
-            before = self.pool.stats.chunks
+            before = self._chunks_run()
             with case.timed():
                 results = self.pool.map(kernels.w1_empty, xs, chunks=1)
-            ran = self.pool.stats.chunks - before
+            after = self._chunks_run()
+            ran = len(results) if before is None or after is None else after - before
             ok = ran == case.n and len(results) == case.n
             return SelfChecked(None if ok else f"{ran} chunks ran, {len(results)} results, expected {case.n}")
         with case.timed():
@@ -421,23 +440,30 @@ class ShmpoolAdapter(Adapter):
 
     def w2(self, variant: str, case: Case) -> Any:
         """e2e: ``asarray`` + ``empty_like`` + map (result: the shared output);
-        e2e-staged: map over the plain arrays (shmpool stages them); steady: map."""
+        e2e-staged: map over the plain arrays (shmpool stages them); e2e-plain8: the same
+        in 8 chunks, into a fresh ``np.empty``; steady: map."""
         return self._array(variant, case)
 
     def w3(self, variant: str, case: Case) -> Any:
         """As W2, with the running-max kernel."""
         return self._array(variant, case)
 
+    def _chunks_run(self) -> int | None:
+        """Chunks the pool has run so far, where it counts them (``pool.stats``)."""
+        stats = getattr(self.pool, "stats", None)
+        return getattr(stats, "chunks", None)
+
     def _array(self, variant: str, case: Case) -> Any:
         inplace, _ = case.kernels
         x, pool = case.x, self.pool
-        before = pool.stats
+        before = getattr(pool, "stats", None)
         out = self._array_run(variant, case, inplace, x)
-        after = pool.stats
+        after = getattr(pool, "stats", None)
         # Bytes copied (SharedPool: staging) or sent and received (DaskPool) by this map.
-        case.info["moved"] = (after.bytes_staged_in - before.bytes_staged_in) + (
-            after.bytes_copied_back - before.bytes_copied_back
-        )
+        if before is not None and after is not None:
+            case.info["moved"] = (after.bytes_staged_in - before.bytes_staged_in) + (
+                after.bytes_copied_back - before.bytes_copied_back
+            )
         return out
 
     def _array_run(self, variant: str, case: Case, inplace: Any, x: np.ndarray) -> Any:
@@ -452,6 +478,11 @@ class ShmpoolAdapter(Adapter):
             with case.timed():
                 out = np.empty_like(x)
                 results = pool.map(inplace, x, out)
+        elif variant == PLAIN8:
+            chunk_len = case.variant_chunk_len
+            with case.timed():
+                out = np.empty_like(x)
+                results = pool.map(inplace, x, out, chunks=chunk_len)
         else:
             xs, out = self._shared(case)
             with case.timed():
@@ -488,6 +519,140 @@ class ShmpoolAdapter(Adapter):
             options["chunksize"] = "auto"
         with case.timed():
             return list(self.pool.imap(kernels.w7_item, items, **options))
+
+
+class ThreadPoolAdapter(ShmpoolAdapter):
+    """shmpool's ``ThreadPool``: SharedPool's API, the kernel running in threads of the
+    host process on views of ordinary NumPy arrays. Written against that API only (no
+    ``free``; ``stats`` only where the pool has it); until ``shmpool.ThreadPool`` exists,
+    :meth:`setup` raises :class:`Unsupported` and the driver leaves the system out with a
+    note."""
+
+    name = "threadpool"
+    REQUIRES = ("shmpool",)
+    VARIANTS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "W1": ("default", "empty"),
+        "W2": ("e2e", PLAIN8, "steady"),
+        "W3": ("e2e", PLAIN8, "steady"),
+        "W4": ("threads",),
+        "W6": ("default",),
+        "W7": ("default", "auto", "batched"),
+    }
+
+    def setup(self, workers: int) -> None:
+        """A ThreadPool of ``workers`` threads, warmed by one tiny map."""
+        Adapter.setup(self, workers)
+        import shmpool
+
+        pool_class = getattr(shmpool, "ThreadPool", None)
+        if pool_class is None:
+            version = getattr(shmpool, "__version__", "?")
+            raise Unsupported(
+                f"shmpool {version} has no ThreadPool yet; its rows and the ThreadPool target "
+                "appear once shmpool.ThreadPool exists"
+            )
+        self.shmpool = shmpool
+        self.pool_class = pool_class
+        self.pool = pool_class(workers)
+        self.warm()
+
+    def _free(self, *arrays: np.ndarray) -> None:
+        """Nothing to give back: the pool's arrays are ordinary NumPy arrays."""
+
+    def w4(self, variant: str, case: Case) -> Any:
+        """A new ThreadPool, one map of one-element chunks, close (the context manager)."""
+        with case.timed(), self.pool_class(self.workers) as pool:
+            results = pool.map(kernels.w4_kernel, case.x, chunks=1)
+        return results
+
+
+# ---- threads --------------------------------------------------------------------------------
+
+
+def _start_threads(ex: ThreadPoolExecutor, count: int) -> None:
+    """Make ``ex`` start all of its ``count`` threads now: ``count`` tasks that wait for
+    each other (an executor starts a thread per submit while none is idle)."""
+    barrier = threading.Barrier(count)
+    list(ex.map(lambda _: barrier.wait(timeout=60), range(count)))
+
+
+class ThreadsAdapter(Adapter):
+    """The thread pool over slices: a bare ``concurrent.futures.ThreadPoolExecutor`` of
+    ``workers`` threads, made once (W4 times a new one). Every chunk is a task running the
+    in-place kernel on slices of the arrays (``out=``), in the host process: no copies, no
+    pickling; ufunc kernels release the GIL, W3's pure-Python kernel holds it."""
+
+    name = "cf_tpe"
+    VARIANTS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "W1": ("default",),
+        "W2": ("e2e", PLAIN8, "steady"),
+        "W3": ("e2e", PLAIN8, "steady"),
+        "W4": ("threads",),
+        "W6": ("default",),
+        "W7": ("default",),
+    }
+
+    def setup(self, workers: int) -> None:
+        """The executor, with all of its threads started."""
+        super().setup(workers)
+        self.ex = ThreadPoolExecutor(workers, thread_name_prefix="bench-cf_tpe")
+        _start_threads(self.ex, workers)
+
+    def teardown(self) -> None:
+        """Shut down and wait."""
+        self.ex.shutdown(wait=True)
+
+    def w1(self, variant: str, case: Case) -> Any:
+        """``executor.map`` of the trivial kernel over one-row slices (one task each)."""
+        x, out = case.x, _reused(case)
+        rows = range(x.shape[0])
+        with case.timed():
+            list(self.ex.map(kernels.w1_kernel, (x[i : i + 1] for i in rows), (out[i : i + 1] for i in rows)))
+        return out
+
+    def _slices(self, inplace: Callable[..., None], x: np.ndarray, out: np.ndarray, case: Case) -> None:
+        bounds = case.bounds
+        list(self.ex.map(inplace, (x[lo:hi] for lo, hi in bounds), (out[lo:hi] for lo, hi in bounds)))
+        case.info["chunks"] = len(bounds)
+
+    def w2(self, variant: str, case: Case) -> Any:
+        """e2e and e2e-plain8: a fresh ``np.empty`` output, then the chunks' slices through
+        the executor (common chunks, or 8); steady: into a reused, pre-faulted output."""
+        inplace, _ = case.kernels
+        x = case.x
+        if variant == "steady":
+            out = _reused(case)
+            with case.timed():
+                self._slices(inplace, x, out, case)
+            return out
+        with case.timed():
+            out = np.empty_like(x)
+            self._slices(inplace, x, out, case)
+        return out
+
+    w3 = w2
+
+    def w4(self, variant: str, case: Case) -> Any:
+        """A new executor, one map over one-element slices, ``shutdown(wait=True)``."""
+        x = case.x
+        with case.timed(), ThreadPoolExecutor(self.workers) as ex:
+            results = list(ex.map(kernels.w4_kernel, [x[i : i + 1] for i in range(x.shape[0])]))
+        return results
+
+    def w6(self, variant: str, case: Case) -> Any:
+        """``executor.map`` of the two halves, in place, ``n`` times."""
+        x, out = case.x, _reused(case)
+        half = x.shape[0] // 2
+        with case.timed():
+            for _ in range(case.n):
+                list(self.ex.map(kernels.w6_kernel, (x[:half], x[half:]), (out[:half], out[half:])))
+        return out
+
+    def w7(self, variant: str, case: Case) -> Any:
+        """``list(executor.map(fn, items))`` (one task per item; threads ignore chunksize)."""
+        items = _items(case)
+        with case.timed():
+            return list(self.ex.map(kernels.w7_item, items))
 
 
 # ---- the standard library -------------------------------------------------------------------
@@ -1189,7 +1354,9 @@ ADAPTERS: dict[str, type[Adapter]] = {
         MemcpyAdapter,
         IdealAdapter,
         ShmpoolAdapter,
+        ThreadPoolAdapter,
         DaskPoolAdapter,
+        ThreadsAdapter,
         MpPoolAdapter,
         CfPpeAdapter,
         ShmHandAdapter,

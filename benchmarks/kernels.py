@@ -23,6 +23,8 @@ __all__ = [
     "auto_chunk_len",
     "check",
     "chunk_bounds",
+    "COMPARE_CHUNKS",
+    "compare_chunk_len",
     "make_input",
     "poison",
     "w1_empty",
@@ -62,6 +64,17 @@ def auto_chunk_len(length: int, bytes_per_index: int, workers: int) -> int:
     wanted = max(_CHUNKS_PER_WORKER * workers, math.ceil(length * bytes_per_index / _TARGET_CHUNK_BYTES))
     count = max(1, min(wanted, _MAX_AUTO_CHUNKS, length))
     return max(1, -(-length // count))
+
+
+# The threads-vs-processes comparison (variant "e2e-plain8"): the issue fixes the chunk count
+# at 8 whatever the worker count, so the thread peer, ThreadPool and SharedPool all run the
+# same 8 slices.
+COMPARE_CHUNKS = 8
+
+
+def compare_chunk_len(length: int) -> int:
+    """Indices per chunk for ``COMPARE_CHUNKS`` chunks over ``length`` indices."""
+    return max(1, -(-length // COMPARE_CHUNKS))
 
 
 def chunk_bounds(length: int, chunk_len: int) -> list[tuple[int, int]]:

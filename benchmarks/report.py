@@ -1,8 +1,10 @@
 """Markdown tables of a benchmark run: one table per workload, the targets, and the notes.
 
-Times are medians of the timed repetitions. ``t/serial`` and ``t/shmpool`` divide a row's
-median time (per item for W1 and W7, per map for W6) by that of serial's (shmpool's) row
-of the same workload, size and variant, so below 1 means faster than the reference.
+Times are medians of the timed repetitions. ``t/serial``, ``t/shmpool`` and ``t/cf_tpe``
+divide a row's median time (per item for W1 and W7, per map for W6) by that of serial's
+(shmpool's, the bare thread pool's) row of the same workload, size and variant, so below 1
+means faster than the reference. The threads-vs-processes section compares the
+``e2e-plain8`` rows of the thread peer, ThreadPool and SharedPool.
 """
 
 from __future__ import annotations
@@ -12,13 +14,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Row", "fmt_bytes", "fmt_time", "render", "targets"]
+__all__ = ["Row", "compare_threads", "fmt_bytes", "fmt_time", "render", "targets"]
 
 MiB = 1 << 20
 GiB = 1 << 30
 
 # Per-item workloads: ratios compare time per item (W1, W7) or per map (W6).
 PER_ITEM = ("W1", "W6", "W7")
+# The reference systems every table has a ratio column for.
+THREADS = "cf_tpe"  # the bare ThreadPoolExecutor over slices
+# The threads-vs-processes comparison's variant (adapters.PLAIN8) and its chunk count.
+PLAIN8 = "e2e-plain8"
+COMPARE_TARGET = 1.10  # ThreadPool / bare ThreadPoolExecutor, W2 over plain arrays
 
 
 @dataclass
@@ -121,13 +128,14 @@ def _table(header: Sequence[str], lines: Iterable[Sequence[str]]) -> str:
 
 def reference(rows: Sequence[Row], row: Row, system: str) -> Row | None:
     """``system``'s row for the same workload and size as ``row``: the same variant when it
-    has one, else its closest (e2e for e2e-*, forkserver for other start methods, default)."""
+    has one, else its closest (e2e for e2e-*, default, forkserver for other start methods,
+    threads for the thread pools' W4 row)."""
     candidates = {
         r.variant: r
         for r in rows
         if r.system == system and r.workload == row.workload and r.size == row.size and r.times
     }
-    for variant in (row.variant, row.variant.split("-")[0], "default", "forkserver", "e2e"):
+    for variant in (row.variant, row.variant.split("-")[0], "default", "forkserver", "e2e", "threads"):
         if variant in candidates:
             return candidates[variant]
     return None
@@ -155,7 +163,7 @@ def _status_cells(row: Row, width: int) -> list[str] | None:
 
 def _w1_w7(rows: Sequence[Row], workload: str, unit: str) -> str:
     header = ["system", "variant", unit, "median", "min - max", f"{unit}/s", f"µs/{unit[:-1]}"]
-    header += ["t/serial", "t/shmpool", "check"]
+    header += ["t/serial", "t/shmpool", f"t/{THREADS}", "check"]
     lines = []
     for row in _shown(rows, workload):
         lead = [row.system, row.variant]
@@ -174,6 +182,7 @@ def _w1_w7(rows: Sequence[Row], workload: str, unit: str) -> str:
                 f"{per * 1e6:.2f}" if per else "—",
                 _ratio(per, _ref_time(rows, row, "serial")),
                 _ratio(per, _ref_time(rows, row, "shmpool")),
+                _ratio(per, _ref_time(rows, row, THREADS)),
                 _check(row),
             ]
         )
@@ -182,7 +191,7 @@ def _w1_w7(rows: Sequence[Row], workload: str, unit: str) -> str:
 
 def _array_table(rows: Sequence[Row], workload: str, size: int) -> str:
     header = ["system", "variant", "chunks", "median", "min - max", "GB/s in", "t/serial", "t/shmpool"]
-    header += ["t/ideal", "moved", "check"]
+    header += [f"t/{THREADS}", "t/ideal", "moved", "check"]
     lines = []
     for row in _shown(rows, workload, size):
         lead = [row.system, row.variant]
@@ -202,6 +211,7 @@ def _array_table(rows: Sequence[Row], workload: str, size: int) -> str:
                 f"{row.nbytes / m / 1e9:.2f}" if m else "—",
                 _ratio(m, _ref_time(rows, row, "serial")),
                 _ratio(m, _ref_time(rows, row, "shmpool")),
+                _ratio(m, _ref_time(rows, row, THREADS)),
                 _ratio(m, ideal),
                 _moved(row),
                 _check(row),
@@ -219,7 +229,8 @@ def _moved(row: Row) -> str:
 
 
 def _w4_table(rows: Sequence[Row]) -> str:
-    header = ["system", "start method", "median", "min - max", "first (cold)", "t/shmpool", "check"]
+    header = ["system", "start method", "median", "min - max", "first (cold)", "t/shmpool", f"t/{THREADS}"]
+    header += ["check"]
     lines = []
     for row in _shown(rows, "W4"):
         lead = [row.system, row.variant]
@@ -235,6 +246,7 @@ def _w4_table(rows: Sequence[Row]) -> str:
                 _minmax(row),
                 cold,
                 _ratio(row.median, _ref_time(rows, row, "shmpool")),
+                _ratio(row.median, _ref_time(rows, row, THREADS)),
                 _check(row),
             ]
         )
@@ -291,6 +303,7 @@ def _w6_table(rows: Sequence[Row]) -> str:
         "µs/map",
         "t/serial",
         "t/shmpool",
+        f"t/{THREADS}",
     ]
     header += ["check"]
     lines = []
@@ -310,10 +323,89 @@ def _w6_table(rows: Sequence[Row]) -> str:
                 f"{per * 1e6:.1f}" if per else "—",
                 _ratio(per, _ref_time(rows, row, "serial")),
                 _ratio(per, _ref_time(rows, row, "shmpool")),
+                _ratio(per, _ref_time(rows, row, THREADS)),
                 _check(row),
             ]
         )
     return _table(header, lines)
+
+
+# ---- threads vs processes -------------------------------------------------------------------
+
+KERNEL_TEXT = {
+    "W2": "`sqrt(x) * 2 + 1` (ufuncs, GIL released)",
+    "W3": "pure-Python running max (GIL held)",
+}
+
+
+def _ratios(row: Row | None, ref: Row | None) -> tuple[float | None, float | None]:
+    """(median / median, min / min) of two rows' repetitions, None where one is missing."""
+    if row is None or ref is None or not row.times or not ref.times:
+        return None, None
+    med, low = statistics.median(ref.times), min(ref.times)
+    return (row.median or 0) / med if med > 0 else None, min(row.times) / low if low > 0 else None
+
+
+def compare_threads(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """The issue's threads-vs-processes comparison, per W2/W3 size: the ``e2e-plain8``
+    rows (plain arrays, fresh output, 8 chunks, end to end) of the bare thread pool, the
+    ThreadPool and SharedPool, serial's e2e, and each pool's ratios to the thread pool."""
+    out: list[dict[str, Any]] = []
+    for workload in ("W2", "W3"):
+        for size in sorted({r.size for r in _shown(rows, workload)}):
+            peer = _find(rows, workload, THREADS, PLAIN8, size)
+            if peer is None:
+                continue
+            entry: dict[str, Any] = {
+                "workload": workload,
+                "label": peer.label,
+                "size": size,
+                "peer": peer,
+                "serial": _find(rows, workload, "serial", "e2e", size),
+            }
+            for system in ("threadpool", "shmpool"):
+                row = _find(rows, workload, system, PLAIN8, size)
+                entry[system] = row
+                entry[f"{system}_ratio"], entry[f"{system}_min_ratio"] = _ratios(row, peer)
+            out.append(entry)
+    return out
+
+
+def _ratio_cell(median: float | None, minima: float | None) -> str:
+    if median is None:
+        return "—"
+    return f"{median:.2f} (minima {minima:.2f})" if minima is not None else f"{median:.2f}"
+
+
+def _compare_table(rows: Sequence[Row]) -> str:
+    header = ["workload", "kernel", "serial e2e", THREADS, f"{THREADS}/serial", "ThreadPool"]
+    header += [f"ThreadPool/{THREADS}", "SharedPool", f"SharedPool/{THREADS}"]
+    lines = []
+    for e in compare_threads(rows):
+        peer, serial = e["peer"], e["serial"]
+        lines.append(
+            [
+                f"{e['workload']} {e['label']}",
+                KERNEL_TEXT[e["workload"]],
+                fmt_time(serial.median if serial else None),
+                fmt_time(peer.median),
+                _ratio(peer.median, serial.median if serial else None),
+                fmt_time(e["threadpool"].median if e["threadpool"] else None),
+                _ratio_cell(e["threadpool_ratio"], e["threadpool_min_ratio"]),
+                fmt_time(e["shmpool"].median if e["shmpool"] else None),
+                _ratio_cell(e["shmpool_ratio"], e["shmpool_min_ratio"]),
+            ]
+        )
+    return _table(header, lines)
+
+
+COMPARE_TEXT = f"""One map from plain NumPy arrays (not pool-allocated) to the result in the caller: a fresh
+`np.empty` output, then the kernel over the same 8 chunks (`e2e-plain8` rows) in
+`{THREADS}` (a bare `ThreadPoolExecutor`, the kernel on slices with `out=`), `shmpool.ThreadPool`
+and `SharedPool` (which stages plain arrays through shared memory). Medians of the same run;
+the ratio of the minima in parentheses. Below 1 is faster than `{THREADS}`. The issue's target:
+ThreadPool/{THREADS} ≤ {COMPARE_TARGET:.2f} for the GIL-releasing kernel; with the GIL held,
+threads cannot run in parallel and SharedPool should beat both thread pools."""
 
 
 # ---- targets --------------------------------------------------------------------------------
@@ -364,6 +456,21 @@ def targets(rows: Sequence[Row], workers: int) -> list[dict[str, Any]]:
                     f"minima {fmt_time(min(r.times))} vs {fmt_time(min(ideal.times))})"
                 )
             add(f"{workload} {r.label} steady ≤ 1.10x ideal-parallel bound", ratio, 1.10, False, shown)
+    w2_compared = [e for e in compare_threads(rows) if e["workload"] == "W2"]
+    for e in w2_compared or [None]:
+        name = (
+            f"W2 {e['label'] if e else '128 MiB'} e2e over plain arrays, 8 chunks: ThreadPool ≤ "
+            f"{COMPARE_TARGET:.2f}x a bare ThreadPoolExecutor over the same slices"
+        )
+        ratio = e["threadpool_ratio"] if e else None
+        shown = ""
+        if e and ratio is not None:
+            tp, peer = e["threadpool"], e["peer"]
+            shown = (
+                f"{ratio:.2f}x (medians {fmt_time(tp.median)} vs {fmt_time(peer.median)}; "
+                f"minima {fmt_time(min(tp.times))} vs {fmt_time(min(peer.times))})"
+            )
+        add(name, ratio, COMPARE_TARGET, False, shown)
     for method, limit in (("fork", 0.030), ("forkserver", 0.150), ("spawn", 0.150)):
         r = _find(rows, "W4", "shmpool", method)
         m = r.median if r else None
@@ -435,6 +542,13 @@ def render(meta: dict[str, Any], rows: Sequence[Row], notes: Sequence[str]) -> s
         )
     )
     sections: list[tuple[str, str]] = []
+    if compare_threads(rows):
+        sections.append(
+            (
+                "Threads vs processes: e2e over plain arrays, 8 chunks",
+                COMPARE_TEXT + "\n\n" + _compare_table(rows),
+            )
+        )
     if _shown(rows, "W1"):
         sections.append(
             (
@@ -476,17 +590,23 @@ def render(meta: dict[str, Any], rows: Sequence[Row], notes: Sequence[str]) -> s
 
 COLUMNS = """\
 - **median**, **min - max**: over the timed repetitions (one repetition = all items, all maps, or one call).
-- **t/serial**, **t/shmpool**: this row's median time (per item for W1 and W7, per map for W6) divided by
-  the serial (shmpool) row of the same workload, size and variant (e2e-* rows compare with e2e, W4 with the
-  same start method, else forkserver). Below 1 is faster than the reference.
+- **t/serial**, **t/shmpool**, **t/cf_tpe**: this row's median time (per item for W1 and W7, per map for W6)
+  divided by the serial (shmpool, bare thread pool) row of the same workload, size and variant (e2e-* rows
+  compare with e2e, W4 with the same start method, else forkserver for shmpool and threads for cf_tpe).
+  Below 1 is faster than the reference.
 - **t/ideal**: steady-state median divided by the ideal-parallel bound measured in the same run: N processes,
   each with a private, pre-faulted 1/N of the data, start together and run the same kernel in the same chunk
   length; the bound is the time from the first start to the last finish.
 - **GB/s in**: input bytes divided by the median.
 - **e2e**: from a plain NumPy array to the result in the caller (for shmpool: `asarray` + `empty_like` + `map`;
-  **e2e-staged**: `map` over the plain arrays, staged by shmpool). **steady**: input and output already where
-  the system wants them (shared, memmapped, persisted) and reused; only the map is timed.
-- **chunks**: chunks per map; every system and the ideal bound use shmpool's automatic chunk length.
+  **e2e-staged**: `map` over the plain arrays, staged by shmpool). **e2e-plain8** (cf_tpe, ThreadPool,
+  shmpool): a fresh `np.empty` output and one map over the plain input in 8 chunks, whatever the worker
+  count (the threads-vs-processes comparison). **steady**: input and output already where the system wants
+  them (shared, memmapped, persisted, or for the thread pools a reused pre-faulted output) and reused; only
+  the map is timed.
+- **chunks**: chunks per map; every system and the ideal bound use shmpool's automatic chunk length (8 in
+  e2e-plain8 rows).
+- W4 **threads**: a new thread pool (cf_tpe: `ThreadPoolExecutor`; ThreadPool), one map, shutdown.
 - W1 **default**: the library's default batching; **1/msg**: one task per message; shmpool **empty**: an
   empty kernel (pure dispatch; checked by counting the chunks that ran).
 - W7 **default**: each library's default batching (shmpool: `imap`'s `chunksize=1`); shmpool **auto**:

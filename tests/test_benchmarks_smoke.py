@@ -1,7 +1,12 @@
 """The benchmark suite still runs: ``benchmarks/run.py --smoke`` (tiny sizes, one
-repetition, serial, shmpool and the standard-library peers) exits 0 with a table that has
-shmpool rows and a JSON file with every row checked. Peers that need extra packages
-(joblib, mpire, dask) are not part of the smoke run."""
+repetition, serial, shmpool, the bare thread pool ``cf_tpe``, shmpool's ThreadPool where it
+exists, and the standard-library process peers) exits 0 with a table that has shmpool and
+cf_tpe rows, the threads-vs-processes comparison, and a JSON file with every row checked.
+Peers that need extra packages (joblib, mpire, dask) are not part of the smoke run.
+
+Until ``shmpool.ThreadPool`` exists the smoke run leaves it out with a note; the ThreadPool
+adapter itself is checked here against a small stand-in with the same API, so it works on
+the day the real one lands."""
 
 from __future__ import annotations
 
@@ -9,12 +14,21 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import shmpool
 
 from .conftest import assert_clean_stderr
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE_TIMEOUT_S = 120  # it takes about 15 s on 2 cores; the margin is for slow CI machines
+HAS_THREADPOOL = hasattr(shmpool, "ThreadPool")
 
 
 def test_benchmark_smoke(tmp_path: Path) -> None:
@@ -33,11 +47,107 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
     assert "## Targets" in table
     for workload in ("W1", "W2", "W3", "W4", "W5", "W6", "W7"):
         assert f"## {workload} " in table, f"no {workload} table:\n{table}"
-    shmpool_rows = [line for line in table.splitlines() if line.startswith("| shmpool |")]
+    lines = table.splitlines()
+    shmpool_rows = [line for line in lines if line.startswith("| shmpool |")]
     assert len(shmpool_rows) >= 8, table
+    # The thread-pool peer runs every workload (W5 through W2's rows) and is a ratio column.
+    peer_rows = [line for line in lines if line.startswith("| cf_tpe |")]
+    assert len(peer_rows) >= 10, table
+    assert "t/cf_tpe" in table
+    assert "## Threads vs processes" in table
+    compare = table.split("## Threads vs processes")[1].split("\n## ")[0]
+    assert "| W2 " in compare and "| W3 " in compare, compare
     assert "MISMATCH" not in table.split("## Columns")[0]
     data = json.loads(out.read_text())
     systems = {row["system"] for row in data["rows"]}
-    assert {"serial", "shmpool", "mp_pool", "cf_ppe", "shm_hand", "ideal", "memcpy"} <= systems
+    assert {"serial", "shmpool", "cf_tpe", "mp_pool", "cf_ppe", "shm_hand", "ideal", "memcpy"} <= systems
+    if HAS_THREADPOOL:
+        assert "threadpool" in systems
+        assert len([line for line in lines if line.startswith("| threadpool |")]) >= 8, table
+    else:
+        assert "threadpool" not in systems
+        assert any(n.startswith("threadpool: left out") for n in data["notes"]), data["notes"]
     assert all(row["status"] in ("ok", "skip") for row in data["rows"]), data["notes"]
     assert not any(row["problems"] for row in data["rows"])
+
+
+# ---- the ThreadPool adapter against a stand-in ----------------------------------------------
+
+
+class StandInThreadPool:
+    """The smallest pool with ThreadPool's documented API that the adapter uses: ordinary
+    arrays from the allocators, ``map`` over chunk views in threads, ``imap``, ``close``
+    and the context manager. Only for checking the benchmark's adapter."""
+
+    def __init__(self, workers: int | None = None, *, progress: bool = False):
+        self._ex = ThreadPoolExecutor(workers or 1)
+        self.workers = workers or 1
+
+    def __enter__(self) -> StandInThreadPool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._ex.shutdown(wait=True)
+
+    def asarray(self, a: Any, dtype: Any = None) -> np.ndarray:
+        return np.asarray(a, dtype=dtype)
+
+    def empty_like(self, a: Any, dtype: Any = None) -> np.ndarray:
+        return np.empty_like(a, dtype=dtype)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        return self._ex.submit(fn, *args, **kwargs)
+
+    def map(
+        self, kernel: Callable[..., Any], /, *arrays: Any, chunks: Any = None, **kwargs: Any
+    ) -> list[Any]:
+        length = arrays[0].shape[0]
+        step = chunks if isinstance(chunks, int) else max(1, -(-length // (4 * self.workers)))
+        starts = range(0, length, step)
+        futures = [self._ex.submit(kernel, *(a[s : s + step] for a in arrays), **kwargs) for s in starts]
+        return [f.result() for f in futures]
+
+    def imap(self, fn: Callable[[Any], Any], iterable: Iterable[Any], *, chunksize: Any = 1) -> Iterator[Any]:
+        return self._ex.map(fn, iterable)
+
+
+@pytest.mark.parametrize("real", [False, True] if HAS_THREADPOOL else [False])
+def test_threadpool_adapter(real: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every workload and variant of the ``threadpool`` system runs and checks out, on the
+    stand-in (and on the real ThreadPool once it exists); without one it is left out."""
+    from benchmarks import kernels
+    from benchmarks.adapters import ADAPTERS, Unsupported
+    from benchmarks.host import _Host
+
+    if not real:
+        monkeypatch.setattr(shmpool, "ThreadPool", StandInThreadPool, raising=False)
+    adapter = ADAPTERS["threadpool"]()
+    adapter.setup(2)
+    host = _Host(adapter, 2, conn=None)  # type: ignore[arg-type]
+    sizes = {"W1": 50, "W2": 1 << 12, "W3": 16, "W4": 4, "W6": kernels.W6_LENGTH, "W7": 200}
+    try:
+        for workload, variants in adapter.VARIANTS.items():
+            size = sizes[workload]
+            chunk_len = kernels.auto_chunk_len(size, 16, 2) if workload in ("W2", "W3") else 0
+            for variant in variants:
+                n = 3 if workload == "W6" else size
+                message = {
+                    "workload": workload,
+                    "variant": variant,
+                    "size": size,
+                    "n": n,
+                    "chunk_len": chunk_len,
+                }
+                for _ in range(2):  # steady rows reuse their arrays
+                    reply = host._run(message)
+                    assert reply["status"] == "ok", (workload, variant, reply)
+                    assert reply["problem"] is None, (workload, variant, reply["problem"])
+            host._release(workload)
+    finally:
+        adapter.teardown()
+    monkeypatch.delattr(shmpool, "ThreadPool", raising=False)
+    with pytest.raises(Unsupported, match="no ThreadPool"):
+        ADAPTERS["threadpool"]().setup(2)
