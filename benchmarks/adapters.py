@@ -523,10 +523,7 @@ class ShmpoolAdapter(Adapter):
 
 class ThreadPoolAdapter(ShmpoolAdapter):
     """shmpool's ``ThreadPool``: SharedPool's API, the kernel running in threads of the
-    host process on views of ordinary NumPy arrays. Written against that API only (no
-    ``free``; ``stats`` only where the pool has it); until ``shmpool.ThreadPool`` exists,
-    :meth:`setup` raises :class:`Unsupported` and the driver leaves the system out with a
-    note."""
+    host process on views of ordinary NumPy arrays: nothing staged, nothing pickled."""
 
     name = "threadpool"
     REQUIRES = ("shmpool",)
@@ -544,16 +541,9 @@ class ThreadPoolAdapter(ShmpoolAdapter):
         Adapter.setup(self, workers)
         import shmpool
 
-        pool_class = getattr(shmpool, "ThreadPool", None)
-        if pool_class is None:
-            version = getattr(shmpool, "__version__", "?")
-            raise Unsupported(
-                f"shmpool {version} has no ThreadPool yet; its rows and the ThreadPool target "
-                "appear once shmpool.ThreadPool exists"
-            )
         self.shmpool = shmpool
-        self.pool_class = pool_class
-        self.pool = pool_class(workers)
+        self.pool_class = shmpool.ThreadPool
+        self.pool = self.pool_class(workers)
         self.warm()
 
     def _free(self, *arrays: np.ndarray) -> None:

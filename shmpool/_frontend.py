@@ -16,28 +16,23 @@ it down: a forked child that inherits one gets a clear error from every call.
 
 from __future__ import annotations
 
-import collections
 import enum
-import functools
-import itertools
 import math
 import os
-import queue
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import numpy as np
 
 from ._active import pop_active, push_active
-from ._backend import CANCEL_GRACE_S, Backend, BatchOutcome, ItemBatch, ItemStream, MapOutcome, MapRun
+from ._backend import Backend, MapOutcome
+from ._calls import Call, MapCall, SubmitCall
 from ._checks import (
     ItemRequest,
-    MapRequest,
     check_callable,
     check_dtype,
     check_imap,
@@ -48,28 +43,14 @@ from ._checks import (
     order_of,
 )
 from ._futures import PendingFuture
-from ._progress import TICK_S, open_bar, resolve_progress
+from ._progress import open_bar, resolve_progress
+from ._streams import StreamCall
 from .errors import PoolClosedError
 
-__all__ = [
-    "AUTO_BATCH_MAX",
-    "IMAP_BATCHES_PER_WORKER",
-    "KILL_GRACE_S",
-    "Pool",
-    "PoolStats",
-]
+__all__ = ["Pool", "PoolStats"]
 
 T = TypeVar("T")
 Array = np.ndarray  # type: ignore[type-arg]
-
-# After a kill, how long the backend gets to report the run over before the caller stops
-# waiting. A run given up on this way never lends its memory to a later call.
-KILL_GRACE_S = 5.0
-# Batches in flight per worker in an imap: two keep a worker busy while its next batch is on
-# the way; four absorb uneven item times. Memory is bounded by this times the batch size.
-IMAP_BATCHES_PER_WORKER = 4
-# chunksize="auto": at most this many items a batch (bounds the memory of items in flight).
-AUTO_BATCH_MAX = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +94,7 @@ class Pool:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._state = _State.RUNNING
-        self._calls: set[_MapCall | _SubmitCall | _StreamCall] = set()
+        self._calls: set[Call] = set()
         self._stats = PoolStats()
         self._creator = os.getpid()
         self._finalizer = weakref.finalize(self, _shutdown_in_creator, backend, self._creator)
@@ -145,11 +126,11 @@ class Pool:
         if not self._begin_closing():
             return
         with self._lock:
-            streams = [c for c in self._calls if isinstance(c, _StreamCall)]
+            streams = [c for c in self._calls if isinstance(c, StreamCall)]
         for stream in streams:
             stream.abort(PoolClosedError(f"the {self._backend.kind} was closed while an imap was open"))
         with self._lock:
-            while any(not isinstance(c, _StreamCall) for c in self._calls):
+            while any(not isinstance(c, StreamCall) for c in self._calls):
                 self._idle.wait()
         self._end(kill=False)
 
@@ -206,25 +187,28 @@ class Pool:
         if self._state is not _State.RUNNING:
             raise PoolClosedError(f"this {self._backend.kind} is closed")
 
-    def _register(self, call: _MapCall | _SubmitCall | _StreamCall) -> None:
+    def _register(self, call: Call) -> None:
         with self._lock:
             self._check_open()
             self._calls.add(call)
 
-    def _unregister(self, call: _MapCall | _SubmitCall | _StreamCall) -> None:
+    def _unregister(self, call: Call) -> None:
         with self._lock:
             self._calls.discard(call)
             self._idle.notify_all()
 
-    def _count_map(self, outcome: MapOutcome) -> None:
+    def _map_ended(self, call: MapCall, outcome: MapOutcome | None) -> None:
         with self._lock:
-            s = self._stats
-            self._stats = PoolStats(
-                s.maps + 1,
-                s.chunks + outcome.chunks_run,
-                s.bytes_staged_in + outcome.bytes_in,
-                s.bytes_copied_back + outcome.bytes_back,
-            )
+            self._calls.discard(call)
+            self._idle.notify_all()
+            if outcome is not None:
+                s = self._stats
+                self._stats = PoolStats(
+                    s.maps + 1,
+                    s.chunks + outcome.chunks_run,
+                    s.bytes_staged_in + outcome.bytes_in,
+                    s.bytes_copied_back + outcome.bytes_back,
+                )
 
     # ---- allocation ---------------------------------------------------------------------
 
@@ -371,7 +355,7 @@ class Pool:
         progress: object,
         timeout: object,
         kwargs: dict[str, Any],
-    ) -> _MapCall:
+    ) -> MapCall:
         self._check_open()
         request = check_map(
             kernel, arrays, axis, chunks, progress, self._default_progress, timeout, self.workers, kwargs
@@ -382,7 +366,7 @@ class Pool:
             else None
         )
         try:
-            call = _MapCall(self, request, bar)
+            call = MapCall(request, bar, self._map_ended)
             self._register(call)
             try:
                 call.run = self._backend.start_map(request)
@@ -407,7 +391,7 @@ class Pool:
         check_callable(fn, "fn")
         request = ItemRequest(fn, kernel_name(fn), 1, True, None, 1)
         stream = self._backend.open_stream(request, star=True)
-        call = _SubmitCall(self, request, stream)
+        call = SubmitCall(request, stream, self._unregister)
         self._register(call)
         try:
             stream.send([(args, kwargs)], 0, call.landed)
@@ -440,247 +424,10 @@ class Pool:
         self._check_open()
         request = check_imap(fn, iterable, ordered, chunksize, progress, self._default_progress)
         stream = self._backend.open_stream(request, star=False)
-        return _StreamCall(self, request, stream).iterate(iter(iterable))
+        call = StreamCall(
+            request, stream, self.workers, self._backend.batch_target_s, self._register, self._unregister
+        )
+        return call.iterate(iter(iterable))
 
 
 P = TypeVar("P", bound=Pool)
-
-
-class _MapCall:
-    """One map through the front end: wait for it, stop it, finish it exactly once."""
-
-    def __init__(self, pool: Pool, request: MapRequest, bar: Any):
-        self.pool = pool
-        self.request = request
-        self.bar = bar
-        self.run: MapRun | None = None
-        self.stop: BaseException | None = None
-        self._lock = threading.Lock()
-
-    def cancel(self) -> None:
-        """Stop from any thread (``future.cancel()``): unstarted chunks are skipped."""
-        self.abort(CancelledError(f"map of kernel {self.request.name!r} was cancelled"))
-
-    def abort(self, error: BaseException) -> None:
-        """Stop from any thread; the map raises ``error`` (unless a kernel error is first)."""
-        with self._lock:
-            if self.stop is None:
-                self.stop = error
-        if self.run is not None:
-            self.run.cancel()
-            if isinstance(error, PoolClosedError):  # terminate(): running chunks stop too
-                self.run.kill()
-
-    def run_to_end(self) -> list[Any]:
-        """Wait for the map, finish it, and return its results or raise its error."""
-        run = self.run
-        assert run is not None
-        try:
-            self._wait(run)
-        finally:
-            try:
-                outcome = run.finish()
-            finally:
-                self.pool._unregister(self)
-                if self.bar is not None:
-                    self.bar.close()
-            self.pool._count_map(outcome)
-        return self._assemble(outcome)
-
-    def _wait(self, run: MapRun) -> None:
-        bar, timeout = self.bar, self.request.timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            while True:
-                step = TICK_S if bar is not None else None
-                if deadline is not None:
-                    left = max(deadline - time.monotonic(), 0.0)
-                    step = left if step is None else min(step, left)
-                if run.wait(step):
-                    break
-                if bar is not None:
-                    bar.update(run.chunks_done() - bar.n)
-                if deadline is not None and time.monotonic() >= deadline:
-                    self.abort(
-                        TimeoutError(f"map of kernel {self.request.name!r} did not finish within {timeout} s")
-                    )
-                    run.kill()
-                    run.wait(KILL_GRACE_S)
-                    return
-            if bar is not None:
-                bar.update(run.chunks_done() - bar.n)
-        except BaseException:  # Ctrl-C, or a failure of our own: stop the run before leaving
-            run.cancel()
-            if not run.wait(CANCEL_GRACE_S):
-                run.kill()
-                run.wait(KILL_GRACE_S)
-            raise
-
-    def _assemble(self, outcome: MapOutcome) -> list[Any]:
-        if outcome.errors:
-            first = min(outcome.errors, key=lambda e: -1 if e.index is None else e.index)
-            raise first.build(self.request.where(first.index))
-        if self.stop is not None:
-            raise self.stop
-        if outcome.failure is not None:
-            raise outcome.failure
-        return outcome.results
-
-
-class _SubmitCall:
-    """One ``submit``: a stream of one batch, settling a PendingFuture when it lands."""
-
-    def __init__(self, pool: Pool, request: ItemRequest, stream: ItemStream):
-        self.pool = pool
-        self.request = request
-        self.stream = stream
-        self.stop: BaseException | None = None
-        self.future: PendingFuture[Any] = PendingFuture(on_cancel=stream.cancel)
-
-    def abort(self, error: BaseException) -> None:
-        self.stop = error
-        self.stream.cancel()
-
-    def landed(self, batch: ItemBatch) -> None:
-        outcome = batch.outcome()
-        self.stream.close()
-        # Unregister first: a done-callback may close the pool, which waits for calls.
-        self.pool._unregister(self)
-        self.future.settle(lambda: self._result(outcome))
-
-    def _result(self, outcome: BatchOutcome) -> Any:
-        if outcome.error is not None:
-            raise outcome.error.build(f"{self.request.name!r}")
-        if self.stop is not None:
-            raise self.stop
-        if outcome.failure is not None:
-            raise outcome.failure
-        return outcome.results[0]
-
-
-class _BatchSizer:
-    """How many items the next imap batch takes: fixed, or with ``chunksize="auto"`` sized
-    so that a batch keeps a worker busy for about the backend's ``batch_target_s``.
-
-    Auto starts at one item and follows the throughput measured over the last few landed
-    batches (at most doubling each time), so cheap items travel in large batches (few
-    messages or tasks) and slow items one by one. The throughput counts each batch's
-    overhead too, so a backend whose batches cost milliseconds (Dask) grows them until the
-    work outweighs it.
-    """
-
-    def __init__(self, fixed: int | None, workers: int, target_s: float):
-        self._fixed = fixed
-        self._workers = workers
-        self._target_s = target_s
-        self._size = 1
-        self._landings: collections.deque[tuple[float, int]] = collections.deque(maxlen=16)
-        self._landed = 0
-
-    def next_size(self) -> int:
-        return self._fixed if self._fixed is not None else self._size
-
-    def landed(self, items: int) -> None:
-        if self._fixed is not None:
-            return
-        now = time.perf_counter()
-        self._landed += items
-        self._landings.append((now, self._landed))
-        first_time, first_count = self._landings[0]
-        if now > first_time and self._landed > first_count:
-            rate = (self._landed - first_count) / (now - first_time)  # items per second, all workers
-            wanted = int(rate / self._workers * self._target_s)
-            self._size = max(1, min(wanted, 2 * self._size + 1, AUTO_BATCH_MAX))
-
-
-class _StreamCall:
-    """One ``imap``: batches sent lazily within a window, results yielded in order."""
-
-    def __init__(self, pool: Pool, request: ItemRequest, stream: ItemStream):
-        self.pool = pool
-        self.request = request
-        self.stream = stream
-        self.stop: BaseException | None = None
-        self._arrived: queue.SimpleQueue[int | None] = queue.SimpleQueue()
-
-    def abort(self, error: BaseException) -> None:
-        """Stop from any thread: the iterator raises ``error`` at its next step."""
-        self.stop = error
-        self.stream.cancel()
-        self._arrived.put(None)
-
-    def _landed(self, number: int, batch: ItemBatch) -> None:
-        self._arrived.put(number)
-
-    def iterate(self, items: Iterator[Any]) -> Iterator[Any]:
-        """The generator behind ``imap``; nothing is sent before its first ``next()``."""
-        request, stream = self.request, self.stream
-        self.pool._register(self)
-        bar = None
-        in_flight: dict[int, ItemBatch] = {}
-        landed: dict[int, ItemBatch] = {}
-        try:
-            if request.bar_options is not None:
-                bar = open_bar(request.total, request.bar_options, "item", request.name)
-            workers = self.pool.workers
-            window = IMAP_BATCHES_PER_WORKER * workers
-            sizer = _BatchSizer(request.chunksize, workers, self.pool._backend.batch_target_s)
-            numbers = itertools.count()
-            next_to_yield = 0
-            position = 0
-            exhausted = False
-            source_error: BaseException | None = None
-            while True:
-                while not exhausted and len(in_flight) + len(landed) < window:
-                    if self.stop is not None:
-                        raise self.stop
-                    batch_items: list[Any] = []
-                    try:
-                        # Item by item, so that the items before a failing one still run.
-                        for item in itertools.islice(items, sizer.next_size()):
-                            batch_items.append(item)
-                    except Exception as exc:
-                        source_error = exc
-                        exhausted = True
-                    if not batch_items:
-                        exhausted = True
-                        break
-                    number = next(numbers)
-                    in_flight[number] = stream.send(
-                        batch_items, position, functools.partial(self._landed, number)
-                    )
-                    position += len(batch_items)
-                if not in_flight and not landed:
-                    if source_error is not None:
-                        raise source_error
-                    return
-                while (next_to_yield not in landed) if request.ordered else not landed:
-                    got = self._arrived.get()
-                    if self.stop is not None:
-                        raise self.stop
-                    if got is not None and got in in_flight:
-                        landed[got] = in_flight.pop(got)
-                if request.ordered:
-                    batch = landed.pop(next_to_yield)
-                    next_to_yield += 1
-                else:
-                    batch = landed.pop(next(iter(landed)))
-                outcome = batch.outcome()
-                if outcome.failure is not None and outcome.error is None:
-                    raise outcome.failure
-                sizer.landed(len(outcome.results))
-                for value in outcome.results:
-                    yield value
-                    if bar is not None:
-                        bar.update(1)
-                if outcome.error is not None:
-                    index = outcome.error.index
-                    where = f"{request.name!r}" if index is None else f"{request.name!r} on item {index}"
-                    raise outcome.error.build(where)
-        finally:
-            if in_flight or landed:
-                stream.cancel()
-            stream.close()
-            self.pool._unregister(self)
-            if bar is not None:
-                bar.close()

@@ -138,11 +138,16 @@ class ProcessBackend:
                 self.dispatcher.shutdown(kill=kill)
         finally:
             paths = self.store.close()
-            if self.store.manager is not None:
+            manager, self.store.manager = self.store.manager, None
+            if manager is not None:
                 try:
-                    self.store.manager.shutdown()  # the manager unlinks every block it tracks
+                    manager.shutdown()  # the manager unlinks every block it tracks
                 except Exception:
                     pass
+                # Dropped now, while multiprocessing can still log its __del__: a closed pool
+                # kept until interpreter exit (the default pool) would otherwise print an
+                # "Exception ignored" there.
+                del manager
             if self.control_path is not None:
                 paths.append(self.control_path)
             for path in paths:

@@ -14,21 +14,12 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import pytest
-
-import shmpool
 
 from .conftest import assert_clean_stderr
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE_TIMEOUT_S = 120  # it takes about 15 s on 2 cores; the margin is for slow CI machines
-HAS_THREADPOOL = hasattr(shmpool, "ThreadPool")
 
 
 def test_benchmark_smoke(tmp_path: Path) -> None:
@@ -61,69 +52,21 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
     data = json.loads(out.read_text())
     systems = {row["system"] for row in data["rows"]}
     assert {"serial", "shmpool", "cf_tpe", "mp_pool", "cf_ppe", "shm_hand", "ideal", "memcpy"} <= systems
-    if HAS_THREADPOOL:
-        assert "threadpool" in systems
-        assert len([line for line in lines if line.startswith("| threadpool |")]) >= 8, table
-    else:
-        assert "threadpool" not in systems
-        assert any(n.startswith("threadpool: left out") for n in data["notes"]), data["notes"]
+    assert "threadpool" in systems
+    assert len([line for line in lines if line.startswith("| threadpool |")]) >= 8, table
     assert all(row["status"] in ("ok", "skip") for row in data["rows"]), data["notes"]
     assert not any(row["problems"] for row in data["rows"])
 
 
-# ---- the ThreadPool adapter against a stand-in ----------------------------------------------
+# ---- the ThreadPool adapter ---------------------------------------------------------------
 
 
-class StandInThreadPool:
-    """The smallest pool with ThreadPool's documented API that the adapter uses: ordinary
-    arrays from the allocators, ``map`` over chunk views in threads, ``imap``, ``close``
-    and the context manager. Only for checking the benchmark's adapter."""
-
-    def __init__(self, workers: int | None = None, *, progress: bool = False):
-        self._ex = ThreadPoolExecutor(workers or 1)
-        self.workers = workers or 1
-
-    def __enter__(self) -> StandInThreadPool:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._ex.shutdown(wait=True)
-
-    def asarray(self, a: Any, dtype: Any = None) -> np.ndarray:
-        return np.asarray(a, dtype=dtype)
-
-    def empty_like(self, a: Any, dtype: Any = None) -> np.ndarray:
-        return np.empty_like(a, dtype=dtype)
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        return self._ex.submit(fn, *args, **kwargs)
-
-    def map(
-        self, kernel: Callable[..., Any], /, *arrays: Any, chunks: Any = None, **kwargs: Any
-    ) -> list[Any]:
-        length = arrays[0].shape[0]
-        step = chunks if isinstance(chunks, int) else max(1, -(-length // (4 * self.workers)))
-        starts = range(0, length, step)
-        futures = [self._ex.submit(kernel, *(a[s : s + step] for a in arrays), **kwargs) for s in starts]
-        return [f.result() for f in futures]
-
-    def imap(self, fn: Callable[[Any], Any], iterable: Iterable[Any], *, chunksize: Any = 1) -> Iterator[Any]:
-        return self._ex.map(fn, iterable)
-
-
-@pytest.mark.parametrize("real", [False, True] if HAS_THREADPOOL else [False])
-def test_threadpool_adapter(real: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every workload and variant of the ``threadpool`` system runs and checks out, on the
-    stand-in (and on the real ThreadPool once it exists); without one it is left out."""
+def test_threadpool_adapter() -> None:
+    """Every workload and variant of the ``threadpool`` system runs and checks out."""
     from benchmarks import kernels
-    from benchmarks.adapters import ADAPTERS, Unsupported
+    from benchmarks.adapters import ADAPTERS
     from benchmarks.host import _Host
 
-    if not real:
-        monkeypatch.setattr(shmpool, "ThreadPool", StandInThreadPool, raising=False)
     adapter = ADAPTERS["threadpool"]()
     adapter.setup(2)
     host = _Host(adapter, 2, conn=None)  # type: ignore[arg-type]
@@ -148,6 +91,3 @@ def test_threadpool_adapter(real: bool, monkeypatch: pytest.MonkeyPatch) -> None
             host._release(workload)
     finally:
         adapter.teardown()
-    monkeypatch.delattr(shmpool, "ThreadPool", raising=False)
-    with pytest.raises(Unsupported, match="no ThreadPool"):
-        ADAPTERS["threadpool"]().setup(2)

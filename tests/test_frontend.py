@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import shmpool
-from shmpool import _frontend
+from shmpool import _calls
 from shmpool._backend import BatchOutcome, Failure, ItemBatch, MapOutcome
 from shmpool._checks import ItemRequest, MapRequest
 from shmpool._owned import OwnedArrays
@@ -185,7 +185,7 @@ def test_timeout_returns_by_the_deadline_and_finishes_the_run(fake: tuple[shmpoo
     pool, backend = fake
     backend.hang = True
     start = time.monotonic()
-    with pytest.raises(TimeoutError, match="within 0.2 s"):
+    with pytest.raises(TimeoutError, match=r"within 0\.2 s"):
         pool.map(np.sum, np.zeros(4), timeout=0.2)
     assert time.monotonic() - start < 1.0
     run = backend.runs[0]
@@ -197,7 +197,7 @@ def test_a_run_that_will_not_die_is_given_up_after_the_grace(
 ) -> None:
     pool, backend = fake
     backend.hang = backend.unkillable = True
-    monkeypatch.setattr(_frontend, "KILL_GRACE_S", 0.2)
+    monkeypatch.setattr(_calls, "KILL_GRACE_S", 0.2)
     start = time.monotonic()
     with pytest.raises(TimeoutError):
         pool.map(np.sum, np.zeros(4), timeout=0.1)
@@ -293,7 +293,7 @@ def test_a_forked_child_cannot_use_or_tear_down_the_pool(fake: tuple[shmpool.Poo
 
 
 def test_allocation_checks_and_failures_leave_nothing(fake: tuple[shmpool.Pool, FakeBackend]) -> None:
-    pool, backend = fake
+    pool, _ = fake
     with pytest.raises(ValueError, match="too big"):
         pool.empty((0, 2**63))
     with pytest.raises(ValueError):
