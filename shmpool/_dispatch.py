@@ -894,6 +894,12 @@ class Dispatcher:
             if w.process.exitcode is None:
                 w.process.kill()
                 w.process.join(timeout=JOIN_TIMEOUT_S)
+            # Once more now that the status is known: a join that raced the supervisor's
+            # reaping (Popen.poll is not thread-safe; the loser's waitpid gets ECHILD and
+            # returns None) leaves the process, and its pipes, in multiprocessing's set of
+            # children until some later start.
+            with contextlib.suppress(OSError, ValueError):
+                w.process.join(timeout=0)
         with self._lock:
             for w in workers:
                 with w.box_lock:
