@@ -21,7 +21,7 @@ import numpy as np
 
 from . import _arrays
 from ._segments import BlockManager, create_block, free_bytes, unlink_quietly
-from .errors import ManagerError, PoolClosedError
+from .errors import ManagerError, PoolClosedError, SharedMemoryFullError
 
 __all__ = ["STAGING_CACHE_BLOCKS", "BlockStore"]
 
@@ -72,7 +72,14 @@ class BlockStore:
     def _new_block(self, nbytes: int) -> _arrays.Mapping:
         if self._closed:
             raise PoolClosedError("this SharedPool is closed")
-        path, mapping = create_block(self.folder, nbytes, self.tag)
+        try:
+            path, mapping = create_block(self.folder, nbytes, self.tag)
+        except SharedMemoryFullError:
+            # Cached staging blocks are only a speed-up: they give way before the caller is
+            # told the folder is full (a small /dev/shm, a Docker container's 64 MB).
+            if not self._drop_staging_cache():
+                raise
+            path, mapping = create_block(self.folder, nbytes, self.tag)
         try:
             assert self.manager is not None
             self.manager.track(path)
@@ -145,6 +152,14 @@ class BlockStore:
                 evicted.append(cache.pop(0))
         for old in evicted:
             self.free(old.path)
+
+    def _drop_staging_cache(self) -> bool:
+        """Free every cached staging block; whether there were any."""
+        with self._lock:
+            cached, self._staging_cache = self._staging_cache, []
+        for entry in cached:
+            self.free(entry.path)
+        return bool(cached)
 
     def close(self) -> list[str]:
         """Stop making blocks; forget every block here and return their paths (the caller

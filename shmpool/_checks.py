@@ -31,6 +31,7 @@ __all__ = [
     "check_order",
     "check_shape",
     "check_timeout",
+    "find_overlap",
     "kernel_name",
     "order_of",
     "split_args",
@@ -125,6 +126,28 @@ def check_timeout(timeout: object) -> float | None:
     if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"timeout must be a positive, finite number of seconds, got {timeout!r}")
     return value
+
+
+# np.shares_memory solves a small integer program per pair; past this much work it gives up,
+# and the pair is taken to overlap (refused, never silently wrong).
+_OVERLAP_MAX_WORK = 100_000
+_TOO_HARD: type[Exception] = getattr(getattr(np, "exceptions", np), "TooHardError", Exception)  # NumPy < 1.25
+
+
+def find_overlap(arrays: dict[int, Array]) -> tuple[int, int] | None:
+    """Two positions whose distinct arrays share memory while one of them is writable, or
+    None. Interleaved views (``x[::2]`` and ``x[1::2]``) share no element and pass."""
+    items = list(arrays.items())
+    for n, (i, a) in enumerate(items):
+        for j, b in items[n + 1 :]:
+            if a is b or not (a.flags.writeable or b.flags.writeable):
+                continue
+            try:
+                if np.shares_memory(a, b, max_work=_OVERLAP_MAX_WORK):
+                    return i, j
+            except _TOO_HARD:
+                return i, j
+    return None
 
 
 @dataclass(frozen=True, slots=True)

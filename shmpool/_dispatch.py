@@ -64,6 +64,7 @@ from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 
 from ._control import MAX_SLOTS, ControlBlock
+from ._lifeline import forget_in_forked_children
 from ._protocol import InitFailed, MapDone, MapJob, Ready, Release, RemoteError, Stop, TaskBatch, TaskDone
 from ._remote import rebuild_error
 from ._worker import worker_main
@@ -340,6 +341,7 @@ class Dispatcher:
             daemon=True,
         )
         process.start()
+        forget_in_forked_children(process)
         child_conn.close()  # else the worker would never see EOF from our side
         return _Worker(index, process, parent_conn)
 

@@ -167,6 +167,8 @@ class Pool:
 
     def __exit__(self, *exc_info: object) -> None:
         pop_active(self)
+        if os.getpid() != self._creator:
+            return  # a forked child leaving the with block: the pool is its parent's
         if exc_info[0] is None:
             self.close()
         else:

@@ -19,9 +19,11 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.process
 import os
 import signal
 import threading
+import weakref
 from collections.abc import Callable
 from types import FrameType
 
@@ -30,6 +32,7 @@ __all__ = [
     "PARENT_CHECK_S",
     "clean_up_on_signals",
     "default_ending_signals",
+    "forget_in_forked_children",
     "leave_process_group",
     "watch_parent",
 ]
@@ -100,3 +103,29 @@ def default_ending_signals() -> None:
     would keep it from ending quietly when asked to."""
     for signum in ENDING_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
+
+
+# Processes a pool started (workers, its manager), held weakly. A child forked from the
+# pool's process by os.fork (a web server's workers, a test runner) inherits
+# multiprocessing's record of them, and at its exit multiprocessing's own exit handler
+# would SIGTERM the daemonic ones and try to join the others, which are not its children:
+# the parent's pool would lose its workers to its child's exit.
+_started: weakref.WeakSet[multiprocessing.process.BaseProcess] = weakref.WeakSet()
+
+
+def forget_in_forked_children(process: multiprocessing.process.BaseProcess) -> None:
+    """Make children forked later from this process leave ``process`` alone at their exit."""
+    _started.add(process)
+
+
+def _forget_started() -> None:
+    # multiprocessing keeps no public way to drop a process from its set of children; the
+    # set is only read by active_children() and the exit handler, which must not see these.
+    children = getattr(multiprocessing.process, "_children", None)
+    if isinstance(children, set):
+        for process in list(_started):
+            children.discard(process)
+    _started.clear()
+
+
+os.register_at_fork(after_in_child=_forget_started)

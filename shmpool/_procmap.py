@@ -19,7 +19,7 @@ import numpy as np
 from . import _arrays, _pickling
 from ._backend import CANCEL_GRACE_S, BatchOutcome, Failure, ItemBatch, MapOutcome
 from ._blocks import BlockStore
-from ._checks import ItemRequest, MapRequest, SplitArgs
+from ._checks import ItemRequest, MapRequest, SplitArgs, find_overlap
 from ._dispatch import Dispatcher, MapCall, TaskCall
 from ._protocol import MapJob, RemoteError
 from ._remote import rebuild_error
@@ -71,7 +71,25 @@ class _Staging:
         return found[1]
 
     def stage(self, split: SplitArgs) -> tuple[tuple[_arrays.ArrayRef | None, ...], dict[int, Any]]:
-        """The refs of the chunked arrays (by position) and the whole objects, staged."""
+        """The refs of the chunked arrays (by position) and the whole objects, staged.
+
+        Plain arrays that overlap (``x`` and ``x[::-1]``) are refused before anything is
+        copied: each would get its own copy, and copying the untouched one back would undo
+        the kernel's writes through the other.
+        """
+        plain = {
+            i: a
+            for i, a in [*split.chunked.items(), *split.wholes.items()]
+            if isinstance(a, np.ndarray) and not self._store.owns(a)
+        }
+        overlap = find_overlap(plain)
+        if overlap is not None:
+            raise ValueError(
+                f"arguments {overlap[0]} and {overlap[1]} of map are plain arrays that share memory; "
+                "a SharedPool copies each plain array into shared memory on its own, so writes "
+                "through one would be lost: pass the array once, or make it with pool.asarray() "
+                "so that every view of it is shared without copies"
+            )
         refs: list[_arrays.ArrayRef | None] = [None] * split.count
         for i, array in split.chunked.items():
             refs[i] = self._ref(array)

@@ -27,6 +27,7 @@ from ._checks import ItemRequest, MapRequest, check_callable
 from ._control import ControlBlock
 from ._dispatch import Dispatcher
 from ._frontend import Pool
+from ._lifeline import forget_in_forked_children
 from ._pickling import dumps_or_raise
 from ._procmap import ProcessMapRun, ProcessStream
 from ._progress import resolve_progress
@@ -94,6 +95,9 @@ class ProcessBackend:
             self.dispatcher = Dispatcher(ctx, workers, self.control, self.control_path, init_payload)
             if method != "fork":
                 manager.start()
+            manager_process = getattr(manager, "_process", None)  # no public handle
+            if manager_process is not None:
+                forget_in_forked_children(manager_process)
             manager.track(self.control_path)
             self.store.on_release = self.dispatcher.release
         except BaseException:
