@@ -12,7 +12,9 @@ plain arrays again costs one memcpy each way instead of page faults.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -154,10 +156,17 @@ class BlockStore:
             self.free(old.path)
 
     def _drop_staging_cache(self) -> bool:
-        """Free every cached staging block; whether there were any."""
+        """Free every cached staging block now; whether there were any.
+
+        Unlinking alone would not give the space back while workers still map the block
+        (they unmap when the release message reaches them). A cached block has no array
+        on it anywhere, so nothing touches its pages again: truncating it frees them at once.
+        """
         with self._lock:
             cached, self._staging_cache = self._staging_cache, []
         for entry in cached:
+            with contextlib.suppress(OSError):
+                os.truncate(entry.path, 0)
             self.free(entry.path)
         return bool(cached)
 

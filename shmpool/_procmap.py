@@ -101,17 +101,20 @@ class _Staging:
     def finish(self, *, copy_back: bool, reusable: bool) -> None:
         """Copy writable originals back (when ``copy_back``), then hand the copies' blocks
         back to the store (for reuse only when ``reusable``)."""
-        paths = []
-        for original, copy in self._copies.values():
-            if copy_back and original.flags.writeable:
-                np.copyto(original, copy)
-                self.bytes_back += original.nbytes
-            ref = _arrays.ref_of(copy)
-            assert ref is not None
-            paths.append(ref.path)
+        paths = [self._copy_back(original, copy, copy_back) for original, copy in self._copies.values()]
         self._copies.clear()  # our own references would keep the blocks from being reused
         for path in paths:
             self._store.recycle(path, reusable)
+
+    def _copy_back(self, original: Array, copy: Array, copy_back: bool) -> str:
+        # A function of its own: a loop variable left bound to the copy would keep its
+        # block referenced, and so never reused.
+        if copy_back and original.flags.writeable:
+            np.copyto(original, copy)
+            self.bytes_back += original.nbytes
+        ref = _arrays.ref_of(copy)
+        assert ref is not None
+        return ref.path
 
 
 class ProcessMapRun:

@@ -343,8 +343,10 @@ def test_kwargs_and_repeated_maps_reuse_kernel(shared_pool: shmpool.SharedPool) 
 
 def test_staging_blocks_are_reused(shared_pool: shmpool.SharedPool) -> None:
     x = np.arange(50_000.0)
+    before = set(shared_pool.block_paths)
     shared_pool.map(kernels.double_in_place, x)
     blocks = set(shared_pool.block_paths)
+    assert len(blocks - before) == 1  # the staging block stays, cached for the next map
     for _ in range(5):
         shared_pool.map(kernels.double_in_place, x)
     assert set(shared_pool.block_paths) == blocks  # the same staging block every time
