@@ -7,7 +7,7 @@ import weakref
 
 import numpy as np
 
-__all__ = ["OwnedArrays"]
+__all__ = ["OwnedArrays", "PrivateMemory"]
 
 Array = np.ndarray  # type: ignore[type-arg]
 
@@ -42,3 +42,23 @@ class OwnedArrays:
     def clear(self) -> None:
         """Forget every array (the pool shut down)."""
         self._roots.clear()
+
+
+class PrivateMemory:
+    """The allocation part of a backend whose arrays are ordinary NumPy arrays."""
+
+    def __init__(self) -> None:
+        self.owned = OwnedArrays()
+
+    def allocate(self, shape: tuple[int, ...], dtype: np.dtype, order: str, zero: bool) -> Array:  # type: ignore[type-arg]
+        """A new ordinary array, recorded as the pool's."""
+        array: Array = (np.zeros if zero else np.empty)(shape, dtype=dtype, order=order)  # type: ignore[call-overload]
+        return self.owned.add(array)
+
+    def owns(self, a: Array) -> bool:
+        """Whether the pool made ``a`` (or the array it views) and did not free it."""
+        return self.owned.owns(a)
+
+    def release(self, a: Array) -> None:
+        """Forget that the pool made ``a``: its memory goes with its last reference."""
+        self.owned.drop(a)

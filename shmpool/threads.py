@@ -27,7 +27,7 @@ from ._backend import BatchOutcome, Failure, ItemBatch, ItemStream, MapOutcome, 
 from ._checks import ItemRequest, MapRequest
 from ._frontend import Pool
 from ._origin import attach_origin, traceback_text
-from ._owned import OwnedArrays
+from ._owned import PrivateMemory
 from ._progress import resolve_progress
 from ._sizing import check_workers
 from .errors import PoolClosedError
@@ -191,7 +191,7 @@ class _ThreadStream:
         pass  # nothing is held: batches in flight land as they end
 
 
-class ThreadBackend:
+class ThreadBackend(PrivateMemory):
     """Threads of this process, private memory (see :class:`shmpool._backend.Backend`)."""
 
     kind = "ThreadPool"
@@ -199,11 +199,11 @@ class ThreadBackend:
     batch_target_s = 0.01
 
     def __init__(self, workers: int):
+        super().__init__()
         self._workers = workers
         self._executor = ThreadPoolExecutor(
             workers, thread_name_prefix="shmpool-thread", initializer=enter_worker_thread
         )
-        self._owned = OwnedArrays()
         self._closed = False
 
     @property
@@ -220,16 +220,6 @@ class ThreadBackend:
         except RuntimeError:  # the executor was shut down under us
             raise PoolClosedError("this ThreadPool is closed") from None
 
-    def allocate(self, shape: tuple[int, ...], dtype: np.dtype, order: str, zero: bool) -> Array:  # type: ignore[type-arg]
-        array: Array = (np.zeros if zero else np.empty)(shape, dtype=dtype, order=order)  # type: ignore[call-overload]
-        return self._owned.add(array)
-
-    def owns(self, a: Array) -> bool:
-        return self._owned.owns(a)
-
-    def release(self, a: Array) -> None:
-        self._owned.drop(a)
-
     def start_map(self, request: MapRequest) -> MapRun:
         return _ThreadMapRun(self, request)
 
@@ -240,7 +230,7 @@ class ThreadBackend:
         if self._closed:
             return
         self._closed = True
-        self._owned.clear()
+        self.owned.clear()
         # kill: queued work is cancelled (its calls end with PoolClosedError); running work
         # cannot be stopped and ends in its thread.
         self._executor.shutdown(wait=not kill, cancel_futures=kill)

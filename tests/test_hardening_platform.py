@@ -37,6 +37,7 @@ from shmpool import _info, _segments
 
 from . import kernels
 from .conftest import assert_clean_stderr, run_script
+from .test_teardown import _spawn_child
 
 ROOT = Path(__file__).resolve().parent.parent
 STRANGER = 65534  # nobody
@@ -227,22 +228,9 @@ assert _BUSY in POOL_CHILD
 
 
 def _start_child(
-    method: str, folder: str = "", new_session: bool = False, code: str = POOL_CHILD
+    method: str, folder: str = "", new_session: bool = False
 ) -> tuple[subprocess.Popen[str], dict]:  # type: ignore[type-arg]
-    proc = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code), method, folder],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        start_new_session=new_session,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line:
-        proc.kill()
-        raise AssertionError(f"child failed: {proc.communicate()[1]}")
-    report = json.loads(line)
+    proc, report = _spawn_child(method, folder, new_session, code=POOL_CHILD)
     assert report["blocks"] and len(report["pids"]) >= 3  # control + array blocks; workers + manager
     return proc, report
 

@@ -45,12 +45,13 @@ time.sleep(120)
 
 
 def _spawn_child(
-    method: str, folder: str = "", new_session: bool = False
+    method: str, folder: str = "", new_session: bool = False, code: str = CHILD
 ) -> tuple[subprocess.Popen[str], dict]:  # type: ignore[type-arg]
+    """Start ``code`` (a script that prints one JSON line about its pool) and read the line."""
     import json
 
     proc = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(CHILD), method, folder],
+        [sys.executable, "-c", textwrap.dedent(code), method, folder],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
