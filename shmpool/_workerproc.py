@@ -1,0 +1,207 @@
+"""The parent's handle on a worker process: starting it, sending to it, watching it die.
+
+:class:`Worker` holds one worker's process, its pipe and the outbox of messages waiting
+until the worker is ready; :func:`start_worker` starts one. A worker's death is watched
+through a pidfd (:func:`_death_watch`), which only that process's exit can fire;
+multiprocessing's sentinel, the fallback, is a pipe end that processes forked by a kernel
+inherit and keep open. :class:`Watcher` is the supervisor's one poll over every worker's
+pipe and death watch. :func:`describe_exit` words an exit status for crash messages.
+
+Everything that touches a worker's process or descriptors lives here, so the rest of the
+dispatch deals in :class:`Worker` objects only. What a death means for the calls in
+flight is :mod:`shmpool._book`'s; replacing the worker is :mod:`shmpool._dispatch`'s.
+The other end of the pipe, the loop a worker process runs, is :mod:`shmpool._worker`.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import select
+import signal
+import threading
+from multiprocessing.connection import Connection
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
+
+from ._helpers import Helpers
+from ._lifeline import forget_in_forked_children
+from ._worker import worker_main
+
+__all__ = ["EXIT_STATUS_WAIT_S", "Watcher", "Worker", "describe_exit", "start_worker"]
+
+_POLL_MASK = select.POLLIN | select.POLLHUP | select.POLLERR
+
+# How long after its death a worker's exit status is waited for (forkserver reports it
+# through the server a moment after the pidfd fires).
+EXIT_STATUS_WAIT_S = 1.0
+
+
+class Worker:
+    """The parent's handle on one worker process."""
+
+    def __init__(self, index: int, process: BaseProcess, conn: Connection):
+        self.index = index
+        self.process = process
+        self.conn = conn
+        self._send_lock = threading.Lock()  # one message on the pipe at a time
+        self._box_lock = threading.Lock()  # guards ready, outbox and flushing
+        self._outbox: collections.deque[bytes] = collections.deque()
+        self._flushing = False
+        self.alive = True
+        self.ready = False
+        self.load = 0  # task batches sent and not yet answered
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` now; a dead worker is reported by its death watch, not here."""
+        with self._send_lock, contextlib.suppress(OSError, ValueError):
+            self.conn.send_bytes(data)
+
+    def send(self, data: bytes, helpers: Helpers, *, may_block: bool) -> None:
+        """Send ``data``: now, when the caller ``may_block`` and the worker is ready with
+        nothing queued; else through the outbox, which a thread of ``helpers`` flushes
+        once the worker is ready."""
+        with self._box_lock:
+            direct = self.ready and not self._outbox and may_block
+            flush = False
+            if not direct:
+                self._outbox.append(data)
+                flush = self.ready and not self._flushing
+                self._flushing = self._flushing or flush
+        if direct:
+            self.write(data)
+        elif flush:
+            helpers.post(self._flush)
+
+    def set_ready(self, helpers: Helpers) -> None:
+        """The worker said it is ready: a thread of ``helpers`` flushes what waited."""
+        with self._box_lock:
+            self.ready = True
+            flush = bool(self._outbox) and not self._flushing
+            self._flushing = self._flushing or flush
+        if flush:
+            helpers.post(self._flush)
+
+    def mark_dead(self) -> None:
+        """The worker is gone (or being shut down): nothing more is sent to it."""
+        with self._box_lock:
+            self.alive = False
+            self._outbox.clear()
+
+    def _flush(self) -> None:
+        """Send the outbox until it is empty (on a helper thread: a send may block)."""
+        while True:
+            with self._box_lock:
+                if not self.alive:
+                    self._outbox.clear()  # nobody will read it
+                if not self._outbox:
+                    self._flushing = False
+                    return
+                data = self._outbox.popleft()
+            self.write(data)
+
+    def exit_status(self) -> int | None:
+        """The exit status of the worker, which has died (None if it cannot be had)."""
+        # After the pidfd fired a child's status is there at once (exitcode reaps it);
+        # forkserver sends it a moment later. Joining on the sentinel first would wait
+        # for any process the worker forked that still holds it.
+        process = self.process
+        with contextlib.suppress(OSError, ValueError):
+            if process.exitcode is None:
+                process.join(timeout=EXIT_STATUS_WAIT_S)
+            return process.exitcode
+        return None
+
+
+def start_worker(
+    ctx: BaseContext, index: int, count: int, control_path: str, init_payload: bytes | None
+) -> Worker:
+    """Start worker ``index`` of ``count``; it is not ready until it sends ``Ready``."""
+    parent_conn, child_conn = ctx.Pipe(duplex=True)
+    process = ctx.Process(  # type: ignore[attr-defined]
+        target=worker_main,
+        args=(child_conn, index, count, control_path, init_payload),
+        name=f"shmpool-worker-{index}",
+        daemon=True,
+    )
+    process.start()
+    forget_in_forked_children(process)
+    child_conn.close()  # else the worker would never see EOF from our side
+    return Worker(index, process, parent_conn)
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """'killed by SIGKILL (-9)' or 'exited with code 3', for crash messages."""
+    if exitcode is None:
+        return "ended without an exit status"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = {
+            "SIGKILL": " (killed from outside, often by the out-of-memory killer)",
+            "SIGSEGV": " (a segmentation fault, usually in C code)",
+            "SIGBUS": " (a bus error: shared memory ran out, or a truncated file mapping)",
+            "SIGABRT": " (aborted, usually by a failed assertion in C code)",
+        }.get(name, "")
+        return f"was killed by {name} ({exitcode}){hint}"
+    return f"exited with code {exitcode}"
+
+
+def _death_watch(process: BaseProcess) -> tuple[int, bool]:
+    """A descriptor that becomes readable when ``process`` exits, and whether it is ours to
+    close: a pidfd where the platform has one, else multiprocessing's sentinel."""
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is not None and process.pid is not None:
+        try:
+            return pidfd_open(process.pid), True
+        except OSError:  # an old kernel, or the process is gone already
+            pass
+    return process.sentinel, False
+
+
+class Watcher:
+    """The supervisor's one poll over every worker's pipe and death watch, and a wake-up
+    descriptor. Used by the supervisor thread only."""
+
+    def __init__(self, wakeup_fd: int):
+        # One poll object for the pool's life (rebuilding a selector per wake-up, as
+        # multiprocessing.connection.wait does, costs tens of microseconds per reply).
+        self._poller = select.poll()
+        self._owners: dict[int, tuple[bool, Worker]] = {}  # fd -> (is the death watch, worker)
+        self._ours: dict[Worker, int] = {}  # pidfds to close when the worker is done with
+        self._wakeup_fd = wakeup_fd
+        self._poller.register(wakeup_fd, select.POLLIN)
+
+    def watch(self, worker: Worker) -> None:
+        death, owned = _death_watch(worker.process)
+        if owned:
+            self._ours[worker] = death
+        for fd, is_death in ((worker.conn.fileno(), False), (death, True)):
+            self._poller.register(fd, _POLL_MASK)
+            self._owners[fd] = (is_death, worker)
+
+    def unwatch(self, worker: Worker, *, pipe_only: bool = False) -> None:
+        for fd in [fd for fd, (d, w) in self._owners.items() if w is worker and not (pipe_only and d)]:
+            self._poller.unregister(fd)
+            del self._owners[fd]
+        if not pipe_only and worker in self._ours:
+            os.close(self._ours.pop(worker))
+
+    def watching(self, worker: Worker) -> bool:
+        """Whether anything of ``worker`` is still watched."""
+        return any(w is worker for _, w in self._owners.values())
+
+    def poll(self) -> tuple[list[tuple[bool, Worker]], bool]:
+        """Wait for something to happen: (is the death watch, worker) for each descriptor
+        that fired, and whether the wake-up descriptor did."""
+        events = self._poller.poll()
+        ready = [self._owners[fd] for fd, _ in events if fd in self._owners]
+        return ready, any(fd == self._wakeup_fd for fd, _ in events)
+
+    def close(self) -> None:
+        """Stop watching: close the pidfds still open."""
+        for worker in list(self._ours):
+            self.unwatch(worker)
