@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 
-from ._active import pop_active, push_active
+from ._active import pop_active, push_active, register_created
 from ._backend import Backend, MapOutcome
 from ._calls import Call, MapCall, SubmitCall
 from ._checks import (
@@ -101,6 +101,7 @@ class Pool:
         self._stats = PoolStats()
         self._creator = os.getpid()
         self._finalizer = weakref.finalize(self, _shutdown_in_creator, backend, self._creator)
+        register_created(self)  # the decorator's fallback: the newest pool still open
 
     # ---- lifecycle ------------------------------------------------------------------------
 
