@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--mb", type=int, default=256, help="array size in MiB (default 256)")
     demo.add_argument("--workers", type=int, default=None, help="worker processes (default: usable CPUs)")
     demo.add_argument("--start-method", choices=["fork", "spawn", "forkserver"], default=None)
+    demo.add_argument("--repeats", type=int, default=3, help="timed runs of each kind (default 3, at least 3)")
     commands.add_parser("info", help="versions, CPUs, where shared memory lives and how much is free")
     args = parser.parse_args(argv)
     if args.command == "demo":
@@ -23,7 +24,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.mb < 1:
             parser.error("--mb must be at least 1")
-        return run_demo(args.mb, args.workers, args.start_method)
+        if args.repeats < 3:
+            parser.error("--repeats must be at least 3 (a median of fewer says little)")
+        return run_demo(args.mb, args.workers, args.start_method, args.repeats)
     from ._info import info_lines
 
     print("\n".join(info_lines()))
