@@ -39,3 +39,24 @@ def test_the_demo_refuses_fewer_than_three_repeats(capsys: pytest.CaptureFixture
     with pytest.raises(SystemExit):
         main(["demo", "--repeats", "2"])
     assert "at least 3" in capsys.readouterr().err
+
+
+def test_info_names_the_library_versions(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib import metadata
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    (line,) = [line for line in out.splitlines() if line.startswith("libraries: ")]
+    for name in ("cloudpickle", "tqdm", "dask", "distributed", "joblib", "threadpoolctl"):
+        assert f"{name} {metadata.version(name)}" in line
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"], ["info", "--help"]])
+def test_help_has_no_restructuredtext_markup(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    assert "usage: python -m shmpool" in text
+    for markup in ("``", ":func:", ":class:", ":meth:", ".. "):
+        assert markup not in text
