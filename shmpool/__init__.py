@@ -30,6 +30,7 @@ from .errors import (
 
 if TYPE_CHECKING:
     from ._checks import whole
+    from ._executor import PoolExecutor
     from ._frontend import Pool, PoolStats
     from ._kernel import Kernel, active_pool, default_pool, kernel
     from ._sizing import usable_cpus
@@ -50,6 +51,7 @@ _LAZY = {
     "kernel": "._kernel",
     "Pool": "._frontend",
     "PoolStats": "._frontend",
+    "PoolExecutor": "._executor",
     "SharedPool": ".pool",
     "ThreadPool": ".threads",
     "default_start_method": ".pool",
@@ -62,6 +64,7 @@ __all__ = [
     "ManagerError",
     "Pool",
     "PoolClosedError",
+    "PoolExecutor",
     "PoolStats",
     "SharedMemoryFullError",
     "SharedPool",

@@ -24,11 +24,11 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 
-from ._active import pop_active, push_active
+from ._active import pop_active, push_active, register_created
 from ._backend import Backend, MapOutcome
 from ._calls import Call, MapCall, SubmitCall
 from ._checks import (
@@ -46,6 +46,9 @@ from ._futures import PendingFuture
 from ._progress import open_bar, resolve_progress
 from ._streams import StreamCall
 from .errors import PoolClosedError
+
+if TYPE_CHECKING:
+    from ._executor import PoolExecutor
 
 __all__ = ["Pool", "PoolStats"]
 
@@ -98,6 +101,7 @@ class Pool:
         self._stats = PoolStats()
         self._creator = os.getpid()
         self._finalizer = weakref.finalize(self, _shutdown_in_creator, backend, self._creator)
+        register_created(self)  # the decorator's fallback: the newest pool still open
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -211,6 +215,13 @@ class Pool:
                     s.bytes_staged_in + outcome.bytes_in,
                     s.bytes_copied_back + outcome.bytes_back,
                 )
+
+    def executor(self) -> PoolExecutor:
+        """A ``concurrent.futures.Executor`` running on this pool's workers (see
+        :class:`~shmpool.PoolExecutor`); shutting it down leaves the pool open."""
+        from ._executor import PoolExecutor
+
+        return PoolExecutor(self)
 
     # ---- allocation ---------------------------------------------------------------------
 

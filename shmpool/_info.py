@@ -6,6 +6,7 @@ import multiprocessing
 import os
 import platform
 import sys
+from importlib import metadata
 
 import numpy as np
 
@@ -13,7 +14,28 @@ from ._segments import TEMP_FOLDER_ENV, BlockEntry, block_folder, free_bytes, pi
 from ._sizing import usable_cpus
 from .pool import default_start_method
 
-__all__ = ["describe_block", "info_lines"]
+__all__ = ["describe_block", "info_lines", "library_versions"]
+
+# What a bug report needs besides Python and NumPy: shmpool's dependencies, then the
+# optional libraries it works with (only named when installed).
+_REQUIRED = ("cloudpickle", "tqdm")
+_OPTIONAL = ("dask", "distributed", "joblib", "threadpoolctl")
+
+
+def library_versions() -> str:
+    """``name version`` of each dependency and each optional library that is installed.
+
+    Read from the installed distributions' metadata: nothing is imported, so a broken or
+    slow optional library cannot break ``info``.
+    """
+    found = []
+    for name in (*_REQUIRED, *_OPTIONAL):
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            if name in _REQUIRED:
+                found.append(f"{name} (not installed!)")
+    return ", ".join(found)
 
 
 def _process_uid(pid: int) -> int | None:
@@ -51,6 +73,7 @@ def info_lines() -> list[str]:
     lines = [
         f"shmpool {__version__}",
         f"Python {platform.python_version()} ({sys.executable}), NumPy {np.__version__}",
+        f"libraries: {library_versions()}",
         f"platform: {platform.platform()}",
         f"start methods: {', '.join(multiprocessing.get_all_start_methods())}; "
         f"shmpool default: {default_start_method()}",

@@ -2,8 +2,9 @@
 
 A decorated function, when called, runs as ``pool.map`` on the *active pool*: the innermost
 ``with SharedPool(...)`` (or ``DaskPool``) block of the current thread or asyncio task (a
-context variable), else the default pool, made on first use with one worker per usable CPU
-and terminated at interpreter exit. Inside a worker there is no pool to use: a kernel called
+context variable), else the most recently created pool that is still open, else the
+default pool, made on first use with one worker per usable CPU and terminated at
+interpreter exit. Inside a worker there is no pool to use: a kernel called
 there (from another kernel, in a SharedPool or Dask worker) runs in place, on the arrays it
 is given, in that worker.
 
@@ -20,7 +21,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any, overload
 
-from ._active import entered_pools, in_worker
+from ._active import entered_pools, in_worker, newest_open_pool
 from ._checks import Whole
 from ._frontend import Pool
 
@@ -60,10 +61,15 @@ def default_pool() -> Pool:
 
 
 def active_pool() -> Pool:
-    """The innermost pool entered with ``with`` in this context, else the default pool."""
+    """The pool ``@shmpool.kernel`` runs on now: the innermost pool entered with ``with`` in
+    this context (thread or asyncio task), else the most recently created pool that is
+    still open, else :func:`default_pool` (started on first use)."""
     for pool in reversed(entered_pools()):
         if not pool.closed:
             return pool  # type: ignore[no-any-return]
+    newest = newest_open_pool()
+    if newest is not None:
+        return newest  # type: ignore[no-any-return]
     return default_pool()
 
 

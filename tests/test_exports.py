@@ -13,6 +13,7 @@ EXPECTED = {
     "ManagerError",
     "Pool",
     "PoolClosedError",
+    "PoolExecutor",
     "PoolStats",
     "SharedMemoryFullError",
     "SharedPool",
