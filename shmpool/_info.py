@@ -10,6 +10,7 @@ from importlib import metadata
 
 import numpy as np
 
+from ._kernel import default_pool_kind
 from ._segments import TEMP_FOLDER_ENV, BlockEntry, block_folder, free_bytes, pid_alive, scan_blocks
 from ._sizing import usable_cpus
 from .pool import default_start_method
@@ -78,6 +79,9 @@ def info_lines() -> list[str]:
         f"start methods: {', '.join(multiprocessing.get_all_start_methods())}; "
         f"shmpool default: {default_start_method()}",
         f"usable CPUs: {usable_cpus()} (os.cpu_count() = {os.cpu_count()})",
+        "default pool (what @shmpool.kernel runs on when no pool is open): {} because {}".format(
+            *default_pool_kind()
+        ),
     ]
     env = os.environ.get(TEMP_FOLDER_ENV)
     lines.append(f"{TEMP_FOLDER_ENV}: {env if env else '(not set)'}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import sysconfig
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
@@ -33,10 +34,23 @@ _default: Pool | None = None
 _default_lock = threading.Lock()
 
 
-def gil_enabled() -> bool:
-    """Whether this interpreter runs with the GIL (always, before the free-threaded 3.13t)."""
+def default_pool_kind() -> tuple[str, str]:
+    """Which pool class :func:`default_pool` makes here ("SharedPool" or "ThreadPool"),
+    and why, in words (``python -m shmpool info`` prints both)."""
     check = getattr(sys, "_is_gil_enabled", None)
-    return True if check is None else bool(check())
+    free_threaded_build = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+    if check is not None and not check():
+        return "ThreadPool", (
+            "this is a free-threaded Python running without the GIL: threads run Python code "
+            "in parallel, with no copies and no processes"
+        )
+    if free_threaded_build:
+        return "SharedPool", (
+            "this is a free-threaded build, but the GIL is enabled at run time (PYTHON_GIL=1, "
+            "-X gil=1, or an extension module without free-threading support): only processes "
+            "run Python code in parallel"
+        )
+    return "SharedPool", "this Python has a GIL: only processes run Python code in parallel"
 
 
 def default_pool() -> Pool:
@@ -49,7 +63,7 @@ def default_pool() -> Pool:
     global _default
     with _default_lock:
         if _default is None or _default.closed:
-            if gil_enabled():
+            if default_pool_kind()[0] == "SharedPool":
                 from .pool import SharedPool
 
                 _default = SharedPool()
