@@ -183,11 +183,14 @@ class Dispatcher:
         star: bool = False,
         slot: int = -1,
         on_done: Callable[[Call], None] | None = None,
+        inline: bool = False,
     ) -> TaskCall:
         """Send one batch of calls to the least busy worker (see :class:`TaskBatch`);
         ``slot`` is a handle from :meth:`acquire_slot`, or -1.
 
-        ``on_done(call)`` runs in a helper thread once the call has ended.
+        ``on_done(call)`` runs in a helper thread once the call has ended; with ``inline``,
+        on the supervisor thread itself, which saves a thread hand-off per batch: only for
+        a callback that hands the call on and returns (never user code, never a wait).
         """
         with self._lock:
             self._check_usable()
@@ -196,6 +199,7 @@ class Dispatcher:
                 raise ValueError(f"slot {slot} was not acquired, or was released")
             call = TaskCall(next(self._job_ids), handle, fn, items, first, count, star)
             call.on_done = on_done
+            call.inline_done = inline
             sends = self._book.admit(call, self._workers)
         self._sends(sends)
         return call
@@ -341,11 +345,16 @@ class Dispatcher:
         self._sends(sends)
 
     def _notify(self, calls: list[Call]) -> None:
-        # On a helper thread, never here: a callback is user code, which may submit (and
-        # block on a full pipe), wait for another call, or terminate the pool.
+        # On a helper thread, not here: a callback may be user code, which may submit (and
+        # block on a full pipe), wait for another call, or terminate the pool. Only a
+        # callback marked inline (the front end's hand-off to a queue) runs here.
         for call in calls:
             on_done = call.on_done
-            if on_done is not None:
+            if on_done is None:
+                continue
+            if call.inline_done:
+                on_done(call)
+            else:
                 self._helpers.post(lambda on_done=on_done, call=call: on_done(call))  # type: ignore[misc]
 
     def _on_death(self, worker: Worker) -> Worker | None:

@@ -47,6 +47,7 @@ class Call:
         self.failure: BaseException | None = None
         self.done = threading.Event()
         self.on_done: Callable[[Call], None] | None = None
+        self.inline_done = False  # on_done only hands off: run it on the supervisor
 
 
 class MapCall(Call):

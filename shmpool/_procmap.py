@@ -255,6 +255,9 @@ class ProcessStream:
             star=self._star,
             slot=-1 if self._slot is None else self._slot,
             on_done=landed,
+            # imap's on_landed only puts the batch's number on a queue; a submit's settles
+            # a future, whose done-callbacks are user code.
+            inline=not self._star,
         )
         with self._lock:
             if not call.done.is_set():
