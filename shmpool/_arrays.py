@@ -81,7 +81,7 @@ class Mapping:
     size: int
     mmap: mmap.mmap
     address: int
-    lease: Callable[["Mapping"], object] | None = None
+    lease: Callable[[Mapping], object] | None = None
 
     def buffer(self) -> object:
         """What a new array on this block is built on (see ``lease``)."""

@@ -103,7 +103,7 @@ class BlockStore:
             entry = self._new_block(nbytes)
         try:
             lease = self._lease(entry)
-            array: Array = np.ndarray(shape, dtype, buffer=lease, order=order)  # type: ignore[call-overload]
+            array: Array = np.ndarray(shape, dtype, buffer=lease, order=order)  # type: ignore[call-overload,arg-type]
             if zero and reused:
                 np.frombuffer(lease, np.uint8, count=nbytes)[...] = 0  # type: ignore[call-overload]
         except BaseException:

@@ -58,7 +58,8 @@ def copy_into(dst: Array, src: Array) -> None:
     step = -(-rows // pieces)
     executor = _get_executor(threads)
     futures: list[Future[None]] = [
-        executor.submit(np.copyto, dst[low : low + step], src[low : low + step]) for low in range(step, rows, step)
+        executor.submit(np.copyto, dst[low : low + step], src[low : low + step])
+        for low in range(step, rows, step)
     ]
     try:
         np.copyto(dst[:step], src[:step])  # the calling thread copies the first piece

@@ -69,9 +69,7 @@ class ProcessBackend:
     # imap chunksize="auto": a batch costs one message each way, a few microseconds.
     batch_target_s = 0.01
 
-    def __init__(
-        self, workers: int, method: str, init_payload: bytes | None, folder: str, cache_bytes: int
-    ):
+    def __init__(self, workers: int, method: str, init_payload: bytes | None, folder: str, cache_bytes: int):
         self._workers = workers
         self.start_method = method
         self.store = BlockStore(folder, new_pool_tag(), cache_bytes)
