@@ -23,6 +23,7 @@ _PIECE_BYTES = 4 * 2**20
 _MAX_THREADS = 4
 
 Array = np.ndarray  # type: ignore[type-arg]
+_copyto = np.copyto  # one name for every piece (a test counts the pieces)
 
 _lock = threading.Lock()
 _executor: ThreadPoolExecutor | None = None
@@ -52,17 +53,17 @@ def copy_into(dst: Array, src: Array) -> None:
     threads = _threads()
     pieces = min(threads, dst.nbytes // _PIECE_BYTES)
     if dst.nbytes < PARALLEL_COPY_BYTES or pieces < 2 or dst.ndim == 0 or dst.shape[0] < pieces:
-        np.copyto(dst, src)
+        _copyto(dst, src)
         return
     rows = dst.shape[0]
     step = -(-rows // pieces)
     executor = _get_executor(threads)
     futures: list[Future[None]] = [
-        executor.submit(np.copyto, dst[low : low + step], src[low : low + step])
+        executor.submit(_copyto, dst[low : low + step], src[low : low + step])
         for low in range(step, rows, step)
     ]
     try:
-        np.copyto(dst[:step], src[:step])  # the calling thread copies the first piece
+        _copyto(dst[:step], src[:step])  # the calling thread copies the first piece
     finally:
         for future in futures:
             future.result()
