@@ -10,10 +10,12 @@ rebuilt array is a view on the same memory.
 from __future__ import annotations
 
 import bisect
+import ctypes
 import mmap
 import operator
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +27,17 @@ try:  # NumPy 2
 except ImportError:  # pragma: no cover - NumPy 1.x
     _byte_bounds = np.byte_bounds  # type: ignore[attr-defined]
 
-__all__ = ["ArrayRef", "Mapping", "attach", "forget", "locate", "ref_of", "register", "view_from_ref"]
+__all__ = [
+    "ArrayRef",
+    "Mapping",
+    "attach",
+    "forget",
+    "locate",
+    "make_lease",
+    "ref_of",
+    "register",
+    "view_from_ref",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,12 +69,23 @@ def _dtype_token(dtype: np.dtype) -> str | np.dtype:  # type: ignore[type-arg]
 
 @dataclass(frozen=True, slots=True)
 class Mapping:
-    """One block mapped into this process."""
+    """One block mapped into this process.
+
+    ``lease``, where the block's owner gives one (the parent's block store), returns the
+    buffer that arrays on the block must be built on: an object whose life is the
+    allocation's, so that the owner learns when its last view is gone. Without one
+    (workers), views are built on the mmap itself.
+    """
 
     path: str
     size: int
     mmap: mmap.mmap
     address: int
+    lease: Callable[[Mapping], object] | None = None
+
+    def buffer(self) -> object:
+        """What a new array on this block is built on (see ``lease``)."""
+        return self.mmap if self.lease is None else self.lease(self)
 
 
 _lock = threading.Lock()
@@ -78,9 +101,10 @@ def _address_of(mapping: mmap.mmap) -> int:
     return data
 
 
-def register(path: str, mapping: mmap.mmap) -> Mapping:
-    """Record that ``mapping`` (the whole block at ``path``) is mapped in this process."""
-    entry = Mapping(path, len(mapping), mapping, _address_of(mapping))
+def register(path: str, mapping: mmap.mmap, lease: Callable[[Mapping], object] | None = None) -> Mapping:
+    """Record that ``mapping`` (the whole block at ``path``) is mapped in this process;
+    ``lease`` is described at :class:`Mapping`."""
+    entry = Mapping(path, len(mapping), mapping, _address_of(mapping), lease)
     with _lock:
         _by_path[path] = entry
         _by_mmap_id[id(mapping)] = entry
@@ -88,6 +112,25 @@ def register(path: str, mapping: mmap.mmap) -> Mapping:
         _addresses.insert(i, entry.address)
         _ordered.insert(i, entry)
     return entry
+
+
+def make_lease(entry: Mapping) -> object:
+    """A new buffer object over all of ``entry``'s block, to build one allocation's arrays on.
+
+    A ctypes array: NumPy keeps it as the ``base`` of every array built on it (it unwraps a
+    ``memoryview`` to the mmap beneath, which would defeat the purpose), it takes weak
+    references, and it holds a buffer export of the mmap, so the mmap cannot be closed
+    under it.
+    """
+    return (ctypes.c_char * entry.size).from_buffer(entry.mmap)
+
+
+def _at_address(address: int) -> Mapping | None:
+    with _lock:
+        i = bisect.bisect_left(_addresses, address)
+        if i < len(_addresses) and _addresses[i] == address:
+            return _ordered[i]
+    return None
 
 
 def forget(path: str) -> None:
@@ -137,7 +180,10 @@ def locate(array: np.ndarray) -> tuple[Mapping, int] | None:  # type: ignore[typ
         base: object = array
         while isinstance(base, np.ndarray):
             base = base.base
-        entry = _by_mmap_id.get(id(base)) if isinstance(base, mmap.mmap) else None
+        if isinstance(base, ctypes.Array):  # a lease (make_lease): starts where its block does
+            entry = _at_address(ctypes.addressof(base))
+        else:
+            entry = _by_mmap_id.get(id(base)) if isinstance(base, mmap.mmap) else None
         if entry is None:
             return None
         return entry, array.__array_interface__["data"][0] - entry.address
@@ -176,11 +222,14 @@ def ref_of(array: np.ndarray, found: tuple[Mapping, int] | None = None) -> Array
 def view_from_ref(ref: ArrayRef) -> np.ndarray:  # type: ignore[type-arg]
     """The array that ``ref`` names, as a view on this process's mapping of its block."""
     entry = attach(ref.path, ref.block_size)
+    # Built on the lease where there is one: a view rebuilt in the parent (a kernel's result
+    # that views a shared array) keeps the allocation alive like any other view.
+    buffer = entry.buffer()
     if 0 in ref.shape:
         # An empty view's offset and strides may point anywhere; any empty view will do.
-        view: np.ndarray = np.ndarray(ref.shape, ref.dtype, buffer=entry.mmap)  # type: ignore[type-arg]
+        view: np.ndarray = np.ndarray(ref.shape, ref.dtype, buffer=buffer)  # type: ignore[type-arg,call-overload]
     else:
-        view = np.ndarray(ref.shape, ref.dtype, buffer=entry.mmap, offset=ref.offset, strides=ref.strides)
+        view = np.ndarray(ref.shape, ref.dtype, buffer=buffer, offset=ref.offset, strides=ref.strides)  # type: ignore[call-overload]
     if not ref.writeable:
         view.flags.writeable = False
     return view

@@ -1,44 +1,53 @@
-"""A SharedPool's blocks in the parent: made, owned by the manager, freed, reused for staging.
+"""A SharedPool's blocks in the parent: made, handed out, returned, reused and freed.
 
 Each block is a file in the pool's block folder (see :mod:`shmpool._segments`), mapped here
 and registered with :mod:`shmpool._arrays` so that any array on it can be found by address.
 The pool's :class:`~shmpool._segments.BlockManager` owns every block from the moment it is
 made: it unlinks them on :meth:`BlockStore.free`, at shutdown and when this process dies.
 
-Staging blocks (copies of plain arrays for one map) are kept for reuse by later maps: a
-reused block is reserved and mapped already, here and in every worker, so staging the same
-plain arrays again costs one memcpy each way instead of page faults.
+Lifetime. Every array handed out is built on a *lease*: a small buffer object over the
+block's mmap (:func:`shmpool._arrays.make_lease`), made per allocation. NumPy keeps it as
+the array's ``base``, and each view holds the array it views, so every view (slices,
+transposes, views rebuilt from an ArrayRef, in any thread) holds the lease, and the lease dies exactly when the last view does. A
+``weakref.finalize`` on it then queues the block as returned. The finalizer only queues
+(an atomic ``deque.append``): it may run inside garbage collection, in any thread, with
+any lock held, so the work (caching, evicting) is done by the next call on the store.
+
+Reuse. A returned block joins the cache (:mod:`shmpool._cache`): it stays mapped here and
+in the workers that used it, with its pages faulted, and the next allocation or staging
+copy of a fitting size takes it. The cache gives way (its blocks truncated, unlinked and
+unmapped everywhere) before a full folder is reported, and is bounded.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import itertools
 import math
 import os
-import sys
 import threading
+import weakref
 from collections.abc import Callable
 
 import numpy as np
 
 from . import _arrays
-from ._segments import BlockManager, create_block, free_bytes, unlink_quietly
+from ._cache import BlockCache
+from ._detach import detach
+from ._segments import BlockManager, create_block, free_bytes, map_fd, unlink_quietly
 from .errors import ManagerError, PoolClosedError, SharedMemoryFullError
 
-__all__ = ["STAGING_CACHE_BLOCKS", "BlockStore"]
-
-# Staging blocks kept for reuse by later maps: enough for a map over a few plain arrays.
-# They stay reserved in the block folder until reused, evicted or the pool closes, and are
-# never kept when that would take more than the folder's free space.
-STAGING_CACHE_BLOCKS = 4
+__all__ = ["BlockStore"]
 
 Array = np.ndarray  # type: ignore[type-arg]
 
 
 class BlockStore:
-    """The blocks one pool has made and not freed, in the process that made them."""
+    """The blocks one pool holds (handed out, returned and cached), in the process that
+    made them."""
 
-    def __init__(self, folder: str, tag: str):
+    def __init__(self, folder: str, tag: str, cache_bytes: int):
         self.folder = folder
         self.tag = tag
         self.manager: BlockManager | None = None
@@ -46,44 +55,79 @@ class BlockStore:
         self.on_release: Callable[[tuple[str, ...]], None] | None = None
         self._lock = threading.Lock()
         self._blocks: dict[str, _arrays.Mapping] = {}
-        self._staging_cache: list[_arrays.Mapping] = []
+        # The live lease of each block handed out, and the token its finalizer will report.
+        self._leases: dict[str, tuple[weakref.ref[object], int]] = {}
+        self._tokens = itertools.count()
+        self._returned: collections.deque[tuple[str, int]] = collections.deque()
+        # Blocks a run given up on may still be writing: freed, never reused, once returned.
+        self._tainted: set[str] = set()
+        self._cache = BlockCache(cache_bytes)
+        # Blocks handed out from the cache: free() gives them back to it, not to the folder.
+        self._from_cache: set[str] = set()
         self._closed = False
 
     @property
     def paths(self) -> list[str]:
-        """The paths of the blocks this store holds now."""
+        """The paths of the blocks this store holds now, cached ones included."""
         with self._lock:
             return list(self._blocks)
+
+    @property
+    def cached_bytes(self) -> int:
+        """The bytes of the blocks in the cache now."""
+        self._collect()
+        with self._lock:
+            return self._cache.bytes
 
     def owns(self, a: Array) -> bool:
         """Whether ``a``'s memory lies in one of this store's blocks."""
         found = _arrays.locate(a)
         return found is not None and found[0].path in self._blocks
 
-    def new_array(self, shape: tuple[int, ...], dtype: np.dtype, order: str) -> Array:  # type: ignore[type-arg]
-        """An array on a new block, all zeros (a new block reads as zeros)."""
-        nbytes = math.prod(shape) * dtype.itemsize
-        entry = self._new_block(nbytes)
+    # ---- handing out --------------------------------------------------------------------
+
+    def new_array(self, shape: tuple[int, ...], dtype: np.dtype, order: str, zero: bool) -> Array:  # type: ignore[type-arg]
+        """An array on a cached block of a fitting size, else on a new block; all zeros
+        when ``zero`` (a new block reads as zeros; a reused one is cleared)."""
+        nbytes = max(math.prod(shape) * dtype.itemsize, 1)
+        if self._closed:
+            raise PoolClosedError("this SharedPool is closed")
+        self._collect()
+        with self._lock:
+            path = self._cache.take(nbytes)
+            entry = None if path is None else self._blocks[path]
+            if path is not None:
+                self._from_cache.add(path)
+        reused = entry is not None
+        if entry is None:
+            entry = self._new_block(nbytes)
         try:
-            array: Array = np.ndarray(shape, dtype, buffer=entry.mmap, order=order)  # type: ignore[call-overload,arg-type]
+            lease = self._lease(entry)
+            array: Array = np.ndarray(shape, dtype, buffer=lease, order=order)  # type: ignore[call-overload,arg-type]
+            if zero and reused:
+                np.frombuffer(lease, np.uint8, count=nbytes)[...] = 0  # type: ignore[call-overload]
         except BaseException:
             self.free(entry.path)
             raise
         return array
 
+    def staging_array(self, like: Array) -> Array:
+        """A C-order array shaped like ``like`` to stage it (a cached block when one fits)."""
+        return self.new_array(like.shape, like.dtype, "C", zero=False)
+
     def _new_block(self, nbytes: int) -> _arrays.Mapping:
-        if self._closed:
-            raise PoolClosedError("this SharedPool is closed")
+        while True:
+            try:
+                path, mapping = create_block(self.folder, nbytes, self.tag)
+                break
+            except SharedMemoryFullError:
+                # Cached blocks are only a speed-up: they give way before the caller is told
+                # the folder is full (a small /dev/shm, a Docker container's 64 MB).
+                if not self._give_way(nbytes):
+                    raise
         try:
-            path, mapping = create_block(self.folder, nbytes, self.tag)
-        except SharedMemoryFullError:
-            # Cached staging blocks are only a speed-up: they give way before the caller is
-            # told the folder is full (a small /dev/shm, a Docker container's 64 MB).
-            if not self._drop_staging_cache():
-                raise
-            path, mapping = create_block(self.folder, nbytes, self.tag)
-        try:
-            assert self.manager is not None
+            if self.manager is None:
+                raise ManagerError("no manager")
             self.manager.track(path)
         except BaseException as exc:
             mapping.close()
@@ -91,22 +135,148 @@ class BlockStore:
             if isinstance(exc, ManagerError) and self._closed:
                 raise PoolClosedError("this SharedPool is closed") from None
             raise
-        entry = _arrays.register(path, mapping)
+        entry = _arrays.register(path, mapping, self._lease)
         with self._lock:
             self._blocks[path] = entry
         return entry
 
+    def _lease(self, entry: _arrays.Mapping) -> object:
+        """The buffer that arrays on ``entry``'s block are built on now (see the module
+        docstring): the live lease, or a new one when the block has none."""
+        with self._lock:
+            if entry.path not in self._blocks:
+                return entry.mmap  # freed or closed: a plain view, owned by nobody
+            held = self._leases.get(entry.path)
+            lease = None if held is None else held[0]()
+            if lease is None:
+                # A view rebuilt from a ref of a block just returned takes it back.
+                self._cache.remove(entry.path)
+                lease = _arrays.make_lease(entry)
+                token = next(self._tokens)
+                self._leases[entry.path] = (weakref.ref(lease), token)
+                finalizer = weakref.finalize(lease, self._returned.append, (entry.path, token))
+                finalizer.atexit = False  # at exit the manager unlinks everything anyway
+        return lease
+
+    # ---- taking back --------------------------------------------------------------------
+
+    def _collect(self) -> None:
+        """Cache (or free) the blocks whose last view has gone since the last call."""
+        evict: list[str] = []
+        with self._lock:
+            while self._returned:
+                path, token = self._returned.popleft()
+                held = self._leases.get(path)
+                if held is None or held[1] != token or path not in self._blocks:
+                    continue  # freed meanwhile, or taken back by a rebuilt view
+                del self._leases[path]
+                if path in self._tainted or self._closed:
+                    evict.append(path)
+                else:
+                    self._from_cache.discard(path)
+                    evict.extend(self._cache.add(path, self._blocks[path].size))
+        for path in evict:
+            self.free(path)
+
+    def taint(self, path: str) -> None:
+        """Never reuse the block at ``path``: a run given up on may still write to it."""
+        with self._lock:
+            if path in self._blocks:
+                self._tainted.add(path)
+                self._cache.remove(path)
+
+    def _give_way(self, need: int) -> bool:
+        """Free cached blocks, oldest first, until ``need`` bytes are free or none are
+        left; whether any were freed. When even all of them would not make room, none
+        is freed: the allocation fails either way, and the cache stays warm."""
+        self._collect()
+        with self._lock:
+            cached = self._cache.bytes
+        if free_bytes(self.folder) + cached < need:
+            return False
+        freed = False
+        while free_bytes(self.folder) < need:
+            with self._lock:
+                path = self._cache.pop_oldest() if len(self._cache) else None
+            if path is None:
+                break
+            self.free(path)
+            freed = True
+        return freed
+
+    def trim(self) -> int:
+        """Free every cached block now; return the bytes given back."""
+        self._collect()
+        with self._lock:
+            size = self._cache.bytes
+            paths = self._cache.clear()
+        for path in paths:
+            self.free(path)
+        return size
+
+    # ---- freeing ------------------------------------------------------------------------
+
     def free_array(self, a: Array) -> None:
-        """Free the block that ``a`` lives in."""
+        """Give back the block that ``a`` lives in, now: to the cache if the allocation
+        came from there (so a failed allocation leaves the pool as it found it), else to
+        the folder (:meth:`free`). Views that remain keep their data either way."""
         found = _arrays.locate(a)
-        if found is not None:
-            self.free(found[0].path)
+        if found is None:
+            return
+        path = found[0].path
+        del a, found  # our own references are views too
+        if not self._requeue(path):
+            self.free(path)
+
+    def _requeue(self, path: str) -> bool:
+        """Put a block handed out from the cache back into it; whether it was done."""
+        evict: list[str] = []
+        with self._lock:
+            entry = self._blocks.get(path)
+            if entry is None or path not in self._from_cache or path in self._tainted or self._closed:
+                return False
+            held = self._leases.get(path)
+            if held is not None and held[0]() is not None:
+                # Views remain: move them onto private memory, and map the block afresh for
+                # the cache (it stays mapped and faulted in the workers).
+                if not detach(entry.mmap, entry.address):
+                    return False
+                fd = os.open(path, os.O_RDWR)
+                try:
+                    mapping = map_fd(fd, entry.size)
+                finally:
+                    os.close(fd)
+                _arrays.forget(path)
+                self._blocks[path] = _arrays.register(path, mapping, self._lease)
+            self._leases.pop(path, None)
+            self._from_cache.discard(path)
+            evict = self._cache.add(path, entry.size)
+        for old in evict:
+            self.free(old)
+        return True
 
     def free(self, path: str) -> None:
-        """Unlink the block at ``path`` (through the manager), tell the workers, forget it."""
+        """Give the block at ``path`` back to the folder now, and forget it.
+
+        Unlinking alone would not free the space while any process maps the block (the
+        workers unmap when the release message reaches them). Truncating the file frees it
+        at once; first, views that remain here are moved onto private memory holding the
+        same data (:mod:`shmpool._detach`), so they stay valid. A tainted block (a run given
+        up on may still write it in a worker) is not truncated: that would kill the worker.
+        """
         with self._lock:
-            if self._blocks.pop(path, None) is None:
+            entry = self._blocks.pop(path, None)
+            if entry is None:
                 return
+            held = self._leases.pop(path, None)
+            tainted = path in self._tainted
+            self._tainted.discard(path)
+            self._from_cache.discard(path)
+            self._cache.remove(path)
+        viewed = held is not None and held[0]() is not None
+        if not tainted and (not viewed or detach(entry.mmap, entry.address)):
+            with contextlib.suppress(OSError):
+                os.truncate(path, 0)
         try:
             if self.manager is None:
                 raise ManagerError("no manager")
@@ -117,59 +287,6 @@ class BlockStore:
             self.on_release((path,))
         _arrays.forget(path)
 
-    def staging_array(self, like: Array) -> Array:
-        """A C-order array shaped like ``like`` to stage it, on a cached block of the right
-        size when one is free (see :meth:`recycle`)."""
-        size = max(like.nbytes, 1)
-        with self._lock:
-            entry = next((e for e in self._staging_cache if e.size == size), None)
-            if entry is not None:
-                self._staging_cache.remove(entry)
-        if entry is None:
-            return self.new_array(like.shape, like.dtype, "C")
-        array: Array = np.ndarray(like.shape, like.dtype, buffer=entry.mmap)  # type: ignore[call-overload]
-        return array
-
-    def recycle(self, path: str, reusable: bool) -> None:
-        """Keep a finished map's staging block for the next map, or free it.
-
-        A block that anything still views (a result of the map), or that a run given up on
-        may still be writing to (not ``reusable``), is freed instead: a later map can never
-        overwrite data a caller holds.
-        """
-        entry = self._blocks.get(path)
-        if entry is None:
-            return
-        # References: the registry's Mapping and getrefcount's own argument. Any more is
-        # an ndarray built on the block that someone still holds.
-        if not reusable or self._closed or sys.getrefcount(entry.mmap) > 2:
-            self.free(path)
-            return
-        evicted = []
-        with self._lock:
-            cache = self._staging_cache
-            cache.append(entry)
-            room = free_bytes(self.folder)
-            while len(cache) > STAGING_CACHE_BLOCKS or sum(e.size for e in cache) > room:
-                evicted.append(cache.pop(0))
-        for old in evicted:
-            self.free(old.path)
-
-    def _drop_staging_cache(self) -> bool:
-        """Free every cached staging block now; whether there were any.
-
-        Unlinking alone would not give the space back while workers still map the block
-        (they unmap when the release message reaches them). A cached block has no array
-        on it anywhere, so nothing touches its pages again: truncating it frees them at once.
-        """
-        with self._lock:
-            cached, self._staging_cache = self._staging_cache, []
-        for entry in cached:
-            with contextlib.suppress(OSError):
-                os.truncate(entry.path, 0)
-            self.free(entry.path)
-        return bool(cached)
-
     def close(self) -> list[str]:
         """Stop making blocks; forget every block here and return their paths (the caller
         has the manager unlink them, and unlinks what it could not reach)."""
@@ -177,7 +294,10 @@ class BlockStore:
             self._closed = True
             paths = list(self._blocks)
             self._blocks.clear()
-            self._staging_cache.clear()
+            self._leases.clear()
+            self._cache.clear()
+            self._tainted.clear()
+            self._from_cache.clear()
         for path in paths:
             _arrays.forget(path)
         return paths

@@ -20,6 +20,7 @@ from . import _arrays, _pickling
 from ._backend import CANCEL_GRACE_S, BatchOutcome, Failure, ItemBatch, MapOutcome
 from ._blocks import BlockStore
 from ._checks import ItemRequest, MapRequest, SplitArgs, find_overlap
+from ._copying import copy_into
 from ._dispatch import Dispatcher, MapCall, TaskCall
 from ._protocol import MapJob, RemoteError
 from ._remote import rebuild_error
@@ -44,10 +45,15 @@ class _Staging:
         self._copies: dict[int, tuple[Array, Array]] = {}
         self.bytes_in = 0
         self.bytes_back = 0
+        self._shared_paths: set[str] = set()  # the blocks of the pool arrays passed
 
     def _shared(self, array: Array) -> Array:
         """``array`` if it lives in the pool, else its staged copy."""
-        return array if self._store.owns(array) else self._copy_of(array)
+        found = _arrays.locate(array)
+        if found is None or not self._store.owns(array):
+            return self._copy_of(array)
+        self._shared_paths.add(found[0].path)
+        return array
 
     def _ref(self, array: Array) -> _arrays.ArrayRef:
         """The reference of ``array`` in the pool, staging it first if it is not there."""
@@ -55,6 +61,8 @@ class _Staging:
         if found is None or not self._store.owns(array):
             array = self._copy_of(array)
             found = None
+        else:
+            self._shared_paths.add(found[0].path)
         ref = _arrays.ref_of(array, found)
         assert ref is not None
         return ref
@@ -63,7 +71,7 @@ class _Staging:
         found = self._copies.get(id(array))
         if found is None:
             copy = self._store.staging_array(array)
-            np.copyto(copy, array)
+            copy_into(copy, array)
             if not array.flags.writeable:
                 copy.flags.writeable = False
             self.bytes_in += array.nbytes
@@ -99,18 +107,22 @@ class _Staging:
         return tuple(refs), wholes
 
     def finish(self, *, copy_back: bool, reusable: bool) -> None:
-        """Copy writable originals back (when ``copy_back``), then hand the copies' blocks
-        back to the store (for reuse only when ``reusable``)."""
+        """Copy writable originals back (when ``copy_back``), then drop the copies: each
+        block goes back to the store's cache when its last view does (a result of the map
+        may still view one). When not ``reusable`` (a run given up on, which a worker may
+        still be writing), the copies' blocks and the pool arrays the run was given are
+        marked never to be reused."""
         paths = [self._copy_back(original, copy, copy_back) for original, copy in self._copies.values()]
         self._copies.clear()  # our own references would keep the blocks from being reused
-        for path in paths:
-            self._store.recycle(path, reusable)
+        if not reusable:
+            for path in [*paths, *self._shared_paths]:
+                self._store.taint(path)
 
     def _copy_back(self, original: Array, copy: Array, copy_back: bool) -> str:
         # A function of its own: a loop variable left bound to the copy would keep its
         # block referenced, and so never reused.
         if copy_back and original.flags.writeable:
-            np.copyto(original, copy)
+            copy_into(original, copy)
             self.bytes_back += original.nbytes
         ref = _arrays.ref_of(copy)
         assert ref is not None

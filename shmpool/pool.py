@@ -23,6 +23,7 @@ import numpy as np
 
 from ._backend import ItemStream, MapRun
 from ._blocks import BlockStore
+from ._cache import default_cache_bytes
 from ._checks import ItemRequest, MapRequest, check_callable
 from ._control import ControlBlock
 from ._dispatch import Dispatcher
@@ -68,10 +69,10 @@ class ProcessBackend:
     # imap chunksize="auto": a batch costs one message each way, a few microseconds.
     batch_target_s = 0.01
 
-    def __init__(self, workers: int, method: str, init_payload: bytes | None, folder: str):
+    def __init__(self, workers: int, method: str, init_payload: bytes | None, folder: str, cache_bytes: int):
         self._workers = workers
         self.start_method = method
-        self.store = BlockStore(folder, new_pool_tag())
+        self.store = BlockStore(folder, new_pool_tag(), cache_bytes)
         self.dispatcher: Dispatcher | None = None
         self.control: ControlBlock | None = None
         self.control_path: str | None = None
@@ -117,7 +118,7 @@ class ProcessBackend:
         return self.dispatcher
 
     def allocate(self, shape: tuple[int, ...], dtype: np.dtype, order: str, zero: bool) -> Array:  # type: ignore[type-arg]
-        return self.store.new_array(shape, dtype, order)  # a new block reads as zeros
+        return self.store.new_array(shape, dtype, order, zero)
 
     def owns(self, a: Array) -> bool:
         return self.store.owns(a)
@@ -177,7 +178,9 @@ class SharedPool(Pool):
     ``initializer(*initargs)`` runs once in each worker as it starts. ``progress`` is the
     default of every call's ``progress=`` option. ``temp_folder``: where blocks live
     (default ``$SHMPOOL_TEMP_FOLDER``, else ``/dev/shm``); a folder on disk is a way out
-    when ``/dev/shm`` is too small.
+    when ``/dev/shm`` is too small. ``cache_bytes``: how much memory of arrays that are
+    gone the pool keeps mapped for reuse (default: a quarter of the folder, at most an
+    eighth of the machine's memory; 0 turns reuse off); see :meth:`trim`.
 
     Use it as a context manager, or call :meth:`close`. Arrays it allocates stay valid
     after it is closed. Plain arrays passed to ``map`` are copied into shared memory first
@@ -193,6 +196,7 @@ class SharedPool(Pool):
         initargs: Iterable[Any] = (),
         progress: bool | dict[str, Any] = False,
         temp_folder: str | os.PathLike[str] | None = None,
+        cache_bytes: int | None = None,
     ):
         count = check_workers(workers)
         method = default_start_method() if start_method is None else start_method
@@ -205,8 +209,12 @@ class SharedPool(Pool):
             check_callable(initializer, "initializer")
             init_payload = dumps_or_raise((initializer, tuple(initargs)), "the initializer and its initargs")
         folder = block_folder(temp_folder)
+        if cache_bytes is None:
+            cache_bytes = default_cache_bytes(folder)
+        elif not isinstance(cache_bytes, int) or isinstance(cache_bytes, bool) or cache_bytes < 0:
+            raise ValueError(f"cache_bytes must be a number of bytes >= 0 or None, got {cache_bytes!r}")
         resolve_progress(progress, None)  # before any process starts
-        self._processes = ProcessBackend(count, method, init_payload, folder)
+        self._processes = ProcessBackend(count, method, init_payload, folder, cache_bytes)
         super().__init__(self._processes, progress=progress)
 
     @property
@@ -230,10 +238,21 @@ class SharedPool(Pool):
         """PID of the pool's SharedMemoryManager process (None once it is gone)."""
         return self._processes.manager_pid
 
+    def trim(self) -> int:
+        """Give back every cached block now (unlinked, and unmapped in every process);
+        return how many bytes that freed. Arrays in use are not touched."""
+        self._check_open()
+        return self._processes.store.trim()
+
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of memory held for reuse: blocks of arrays that are gone (see ``cache_bytes``)."""
+        return self._processes.store.cached_bytes
+
     @property
     def block_paths(self) -> list[str]:
         """The files in :attr:`temp_folder` that this pool holds now: its arrays' blocks,
-        its cached staging blocks and its control block."""
+        its cached blocks (kept for reuse) and its control block."""
         control = self._processes.control_path
         paths = self._processes.store.paths
         return [*paths, control] if control is not None and not self.closed else paths
