@@ -366,7 +366,7 @@ class IdealAdapter(Adapter):
 
     def _run(self, case: Case) -> Any:
         case.cached("prepared", lambda: self._prepare(case))
-        seconds, problem = self.bound.run()
+        seconds, problem, _length = self.bound.run()
         case.record(seconds)
         return SelfChecked(problem)
 

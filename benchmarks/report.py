@@ -455,7 +455,10 @@ def targets(rows: Sequence[Row], workers: int) -> list[dict[str, Any]]:
                     f"{ratio:.2f}x (medians {fmt_time(r.median)} vs {fmt_time(ideal.median)}; "
                     f"minima {fmt_time(min(r.times))} vs {fmt_time(min(ideal.times))})"
                 )
-            add(f"{workload} {r.label} steady ≤ 1.10x ideal-parallel bound", ratio, 1.10, False, shown)
+            limit = 1.15 if workload == "W2" else 1.10  # issue 14: against the best chunking
+            add(
+                f"{workload} {r.label} steady ≤ {limit:.2f}x ideal-parallel bound", ratio, limit, False, shown
+            )
     w2_compared = [e for e in compare_threads(rows) if e["workload"] == "W2"]
     for e in w2_compared or [None]:
         name = (
@@ -595,8 +598,9 @@ COLUMNS = """\
   compare with e2e, W4 with the same start method, else forkserver for shmpool and threads for cf_tpe).
   Below 1 is faster than the reference.
 - **t/ideal**: steady-state median divided by the ideal-parallel bound measured in the same run: N processes,
-  each with a private, pre-faulted 1/N of the data, start together and run the same kernel in the same chunk
-  length; the bound is the time from the first start to the last finish.
+  each with a private, pre-faulted 1/N of the data, start together and run the same kernel; the bound is the
+  time from the first start to the last finish of the fastest of several chunkings (the share whole, pieces of
+  4 MiB, 1 MiB and 256 KiB, and the systems' chunk length).
 - **GB/s in**: input bytes divided by the median.
 - **e2e**: from a plain NumPy array to the result in the caller (for shmpool: `asarray` + `empty_like` + `map`;
   **e2e-staged**: `map` over the plain arrays, staged by shmpool). **e2e-plain8** (cf_tpe, ThreadPool,

@@ -11,6 +11,7 @@ from importlib import metadata
 import numpy as np
 
 from ._kernel import default_pool_kind
+from ._pages import huge_pages_line
 from ._segments import TEMP_FOLDER_ENV, BlockEntry, block_folder, free_bytes, pid_alive, scan_blocks
 from ._sizing import usable_cpus
 from .pool import default_start_method
@@ -95,6 +96,7 @@ def info_lines() -> list[str]:
         f"block folder: {folder}; size {st.f_blocks * st.f_frsize / 2**30:.2f} GiB, "
         f"free {free_bytes(folder) / 2**30:.2f} GiB"
     )
+    lines.append(huge_pages_line(folder))
     entries = scan_blocks(folder)
     ours = [e for e in entries if e.is_ours]
     live = [e for e in ours if pid_alive(e.pid)]

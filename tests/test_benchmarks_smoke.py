@@ -91,3 +91,28 @@ def test_threadpool_adapter() -> None:
             host._release(workload)
     finally:
         adapter.teardown()
+
+
+# ---- the fresh-output workloads (benchmarks/fresh.py) ----------------------------------------
+
+
+def test_fresh_output_smoke() -> None:
+    """W8 (a fresh output each call, e2e and with the input shared) runs for every system it
+    has, results checked against serial NumPy inside the script, and W9's three loop
+    variants report; the targets are printed as ratios (asserted by nobody: timings)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "fresh.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_TIMEOUT_S,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONWARNINGS": "default"},
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    out = proc.stdout
+    for system in ("shmpool", "threadpool", "cf_tpe", "shm_hand"):
+        assert f"| {system} |" in out, out
+    assert out.count("x |") >= 8 and "Targets:" in out and "shmpool shared <= 1.25x cf_tpe" in out
+    w9 = out.split("## W9")[1]
+    for variant in ("reuse", "free", "drop"):
+        assert f"| {variant} |" in w9, w9
