@@ -396,10 +396,6 @@ class _BlockServer(SharedMemoryServer):  # type: ignore[misc]
             self._paths.discard(segment_name)
         unlink_quietly(segment_name)
 
-    def list_segments(self, c: Any) -> list[str]:
-        with self._paths_lock:
-            return sorted(self._paths)
-
     def shutdown(self, c: Any) -> Any:
         self._unlink_all()
         return super().shutdown(c)
@@ -459,8 +455,3 @@ class BlockManager(SharedMemoryManager):
     def release(self, path: str) -> None:
         """Unlink the block at ``path`` and stop tracking it."""
         self._call("release_segment", path)
-
-    def tracked(self) -> list[str]:
-        """The block paths the manager owns now."""
-        result: list[str] = self._call("list_segments")
-        return result
