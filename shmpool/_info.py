@@ -13,7 +13,7 @@ import numpy as np
 from ._kernel import default_pool_kind
 from ._pages import huge_pages_line
 from ._segments import TEMP_FOLDER_ENV, BlockEntry, block_folder, free_bytes, pid_alive, scan_blocks
-from ._sizing import usable_cpus
+from ._sizing import cpu_limits
 from .pool import default_start_method
 
 __all__ = ["describe_block", "info_lines", "library_versions"]
@@ -68,6 +68,15 @@ def describe_block(entry: BlockEntry) -> str:
     return f"{size}; in use by process {entry.pid} of this user"
 
 
+def _cpus_line() -> str:
+    limits = cpu_limits()
+    quota = "none" if limits.quota is None else str(limits.quota)
+    return (
+        f"usable CPUs: {limits.usable} (affinity mask {limits.affinity}, os.cpu_count() "
+        f"{os.cpu_count()}, cgroup CPU quota {quota}: {limits.quota_source})"
+    )
+
+
 def info_lines() -> list[str]:
     """The diagnostic report, one line per fact."""
     from . import __version__
@@ -79,7 +88,7 @@ def info_lines() -> list[str]:
         f"platform: {platform.platform()}",
         f"start methods: {', '.join(multiprocessing.get_all_start_methods())}; "
         f"shmpool default: {default_start_method()}",
-        f"usable CPUs: {usable_cpus()} (os.cpu_count() = {os.cpu_count()})",
+        _cpus_line(),
         "default pool (what @shmpool.kernel runs on when no pool is open): {} because {}".format(
             *default_pool_kind()
         ),
