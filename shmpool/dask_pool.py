@@ -45,9 +45,11 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 from . import _pickling
 from ._backend import BatchOutcome, ItemBatch, ItemStream, MapRun
 from ._checks import ItemRequest, MapRequest
+from ._cluster_api import OnCluster
+from ._cluster_array import ClusterStore
 from ._dask_map import DaskMapRun, crash_error, dumps, failure_of, task_name
 from ._dask_worker import Payload, origin, run_call, run_items
-from ._frontend import Pool
+from ._frontend import Pool, PoolStats
 from ._owned import OwnedArrays
 from ._progress import resolve_progress
 from ._sizing import usable_cpus
@@ -194,6 +196,8 @@ class DaskBackend:
                 self.shutdown(kill=True)
                 raise
         self.client: DaskClient = client
+        self.store = ClusterStore(client, self.origin)
+        self.on_cluster: OnCluster | None = OnCluster(self.store, lambda: self.workers)
 
     @property
     def workers(self) -> int:
@@ -231,6 +235,9 @@ class DaskBackend:
     def shutdown(self, *, kill: bool) -> None:
         self.closed = True
         self._owned.clear()
+        on_cluster = getattr(self, "on_cluster", None)
+        if on_cluster is not None:  # None: the client never started
+            on_cluster.shutdown(kill=kill)
         client, cluster = self._own_client, self.cluster
         self._own_client = None
         for thing in (client, cluster):
@@ -275,6 +282,29 @@ class DaskPool(Pool):
         resolve_progress(progress, None)  # before a cluster starts
         self._dask = DaskBackend(client, address)
         super().__init__(self._dask, progress=progress)
+        self._on_cluster = self._dask.on_cluster
+        assert self._on_cluster is not None
+        self._on_cluster.attach(self, progress)
+
+    @property
+    def on_cluster(self) -> OnCluster:
+        """Arrays kept on the cluster: ``on_cluster.zeros(...)``, ``asarray``, ``map``, ``free``
+        (see the README's "Scaling out"). They return :class:`shmpool.ClusterArray`."""
+        assert self._on_cluster is not None
+        return self._on_cluster
+
+    @property
+    def stats(self) -> PoolStats:
+        """Counters of what this pool has done, cluster-array work included: the bytes are
+        those the client sent to and received from the cluster."""
+        s, c = super().stats, self._dask.on_cluster
+        assert c is not None
+        return PoolStats(
+            s.maps + c.maps,
+            s.chunks + c.chunks,
+            s.bytes_staged_in + self._dask.store.sent,
+            s.bytes_copied_back + self._dask.store.received,
+        )
 
     @property
     def client(self) -> DaskClient:
