@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -253,3 +254,44 @@ def test_a_lost_worker_loses_scattered_chunks_with_a_clear_error(pool: Any, dask
     # Chunks made by tasks are recomputed by Dask: zeros, then the map since.
     assert np.array_equal(y.gather(), np.full(1000, 5.0))
     dask_client.wait_for_workers(2, timeout=60)
+
+
+def test_terminate_stops_a_cluster_map_and_close_waits_for_one(dask_client: Any) -> None:  # noqa: F811
+    pool = DaskPool(dask_client)
+    x = pool.on_cluster.zeros(20, chunks=1)
+    errors: list[BaseException] = []
+    results: list[Any] = []
+
+    def run() -> None:
+        try:
+            results.append(pool.on_cluster.map(kernels.sleep_chunk, x, seconds=0.2))
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(0.5)
+    pool.terminate()
+    thread.join(30)
+    assert len(errors) == 1 and isinstance(errors[0], shmpool.PoolClosedError), errors
+    assert x.freed
+    _wait_until_no_keys(dask_client)
+
+    pool = DaskPool(dask_client)
+    y = pool.on_cluster.zeros(6, chunks=1)
+    thread = threading.Thread(
+        target=lambda: results.append(pool.on_cluster.map(kernels.sleep_chunk, y, seconds=0.1))
+    )
+    thread.start()
+    time.sleep(0.2)
+    pool.close()  # waits for the map, then releases the chunks
+    thread.join(30)
+    assert results == [[None] * 6]
+    _wait_until_no_keys(dask_client)
+
+
+def test_progress_bar(pool: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    x = pool.on_cluster.zeros(8, chunks=2)
+    pool.on_cluster.map(kernels.chunk_length, x, progress={"desc": "on-cluster"})
+    err = capsys.readouterr().err
+    assert "on-cluster" in err and "4/4" in err
