@@ -101,7 +101,8 @@ class OnCluster:
         nbytes = math.prod(dims) * kind.itemsize
         if like is not None and chunks is None and like.axis == axis and like.shape[axis] == dims[axis]:
             offsets = list(like.chunks)
-            homes = self._store.homes(like.chunk_futures("making an array like it"))
+            known = like.chunk_futures("making an array like it")
+            homes = like.homes if like.homes is not None else self._store.homes(known)
         else:
             offsets = self._offsets(dims[axis], nbytes, chunks)
             homes = self._store.spread(len(offsets) - 1)
@@ -123,7 +124,9 @@ class OnCluster:
                     pure=False,
                 )
             )
-        return ClusterArray(self._store, name, dims, kind, axis, offsets, futures)
+        made = ClusterArray(self._store, name, dims, kind, axis, offsets, futures)
+        made.homes = homes
+        return made
 
     def empty(
         self,
@@ -203,9 +206,11 @@ class OnCluster:
             chunk = np.ascontiguousarray(source[(slice(None),) * axis + (slice(offsets[i], offsets[i + 1]),)])
             futures.append(self._store.client.scatter(chunk, workers=homes[i], hash=False, direct=False))
             self._store.count(sent=chunk.nbytes)
-        return ClusterArray(
+        made = ClusterArray(
             self._store, name or self._store.new_name(), source.shape, source.dtype, axis, offsets, futures
         )
+        made.homes = homes
+        return made
 
     def free(self, a: ClusterArray) -> None:
         """Release ``a``'s chunks on the cluster now, instead of when ``a`` is collected."""

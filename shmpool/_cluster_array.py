@@ -150,6 +150,9 @@ class ClusterArray:
         self._offsets = tuple(int(o) for o in offsets)
         self._futures = futures
         self._freed = False
+        # Where each chunk is, when known; keys the chunks were taken from (see _cluster_map).
+        self.homes: list[list[str] | None] | None = None
+        self._pins: list[DaskFuture] = []
         self._lock = threading.RLock()  # a write replaces futures: readers see old or new
         store.add(self)
 
@@ -190,14 +193,16 @@ class ClusterArray:
         """``(start, stop)`` of chunk ``index`` along ``axis``."""
         return self._offsets[index], self._offsets[index + 1]
 
-    def chunk_futures(self, what: str) -> list[DaskFuture]:
-        """The chunks' futures, after checking that the array is usable and none was lost."""
+    def chunk_futures(self, what: str, needed: list[int] | None = None) -> list[DaskFuture]:
+        """The chunks' futures, after checking that the array is usable and that none of
+        the ``needed`` ones (default: all) was lost."""
         with self._lock:
             if self._freed:
                 closed = " (its pool was closed)" if self._store.closed else ""
                 raise ValueError(f"cluster array {self.name!r} was freed{closed}; {what} needs its chunks")
             futures = list(self._futures)
-        lost = [i for i, f in enumerate(futures) if f.status in ("lost", "cancelled", "error")]
+        check = range(len(futures)) if needed is None else needed
+        lost = [i for i in check if futures[i].status in ("lost", "cancelled", "error")]
         if lost:
             raise self.lost_error(lost)
         return futures
@@ -207,25 +212,51 @@ class ClusterArray:
         where = ", ".join(f"{i} (indices {self._offsets[i]}:{self._offsets[i + 1]})" for i in lost)
         return WorkerCrashedError(
             f"cluster array {self.name!r} lost chunk(s) {where} of axis {self.axis} with their Dask "
-            "worker: they hold data sent from this process (asarray, or a large a[key] = v) "
-            "that Dask cannot recompute; make the array again",
+            "worker: Dask cannot recompute chunks that a map wrote or that came from this "
+            "process (asarray, a large a[key] = v); make the array again",
             chunk=lost[0],
         )
 
-    def replace(self, axis: int, offsets: Sequence[int], futures: list[DaskFuture]) -> None:
-        """Hold new chunks (a write's or a map's); the old ones are released."""
+    def fetch(self, tasks: list[DaskFuture], chunks: list[int] | None = None) -> list[Any]:
+        """Gather ``tasks`` (reads of this array's chunks); if one failed because a chunk
+        was lost meanwhile (Dask tried to recompute it and could not), say so."""
+        try:
+            return list(self._store.client.gather(tasks))
+        except Exception:
+            futures = self._futures
+            check = range(len(futures)) if chunks is None else chunks
+            lost = [i for i in check if futures[i].status in ("lost", "cancelled", "error")]
+            if lost:
+                raise self.lost_error(lost) from None
+            raise
+
+    def replace(
+        self,
+        axis: int,
+        offsets: Sequence[int],
+        futures: list[DaskFuture],
+        *,
+        homes: list[list[str] | None] | None = None,
+        pins: list[DaskFuture] | None = None,
+    ) -> None:
+        """Hold new chunks (a write's or a map's); the old ones are released. ``homes``:
+        the workers the chunks are on, if known (the next map goes there without asking the
+        scheduler). ``pins``: keys the new chunks are taken from, held until the next change."""
         with self._lock:
             if self._freed:
                 return  # freed while the map ran: drop its output too
             self.axis = axis
             self._offsets = tuple(int(o) for o in offsets)
             self._futures = futures
+            self.homes = homes
+            self._pins = pins or []
 
     def release(self) -> None:
         """Drop the chunks' futures: Dask frees their memory once no task needs them."""
         with self._lock:
             self._freed = True
-            futures, self._futures = self._futures, []
+            futures, self._futures = self._futures + self._pins, []
+            self._pins = []
         for future in futures:
             try:
                 future.release()
@@ -242,7 +273,7 @@ class ClusterArray:
     def gather(self) -> Array:
         """The whole array, fetched from the workers into a NumPy array here."""
         futures = self.chunk_futures("gather()")
-        parts = self._store.client.gather(futures)
+        parts = self.fetch(futures)
         self._store.count(received=sum(p.nbytes for p in parts))
         if not parts:
             return np.empty(self.shape, dtype=self.dtype)
@@ -275,9 +306,9 @@ class ClusterArray:
         parts = _normalise(key, self.ndim)
         if parts is None or not self.shape:
             return self.gather()[key]
-        futures = self.chunk_futures("reading it")
         split = parts[self.axis]
         chunks, low, high, rows = self._touched(split)
+        futures = self.chunk_futures("reading it", chunks)
         position = sum(1 for p in parts[: self.axis] if isinstance(p, slice))
         if not chunks:
             return np.broadcast_to(np.zeros((), self.dtype), self.shape)[key].copy()
@@ -288,7 +319,7 @@ class ClusterArray:
             tasks.append(
                 self._store.client.submit(read, futures[i], cut + parts[self.axis + 1 :], pure=False)
             )
-        pieces = self._store.client.gather(tasks)
+        pieces = self.fetch(tasks, chunks)
         self._store.count(received=sum(p.nbytes for p in pieces))
         block = np.concatenate(pieces, axis=position) if len(pieces) > 1 else pieces[0]
         if rows is None:
@@ -308,9 +339,9 @@ class ClusterArray:
             )
         client = self._store.client
         with self._lock:
-            futures = self.chunk_futures("writing to it")
             split = parts[self.axis]
             chunks, _low, _high, rows = self._touched(split)
+            futures = self.chunk_futures("writing to it", chunks)
             target = np.broadcast_to(np.zeros((), bool), self.shape)[parts].shape
             data = np.asarray(value, dtype=self.dtype)
             np.broadcast_shapes(data.shape, target)  # raises as NumPy would, before any send
@@ -342,7 +373,7 @@ class ClusterArray:
                     pure=False,
                 )
                 self._store.count(sent=piece.nbytes)
-            self.replace(self.axis, self._offsets, new)
+            self.replace(self.axis, self._offsets, new, homes=self.homes, pins=self._pins)
 
     def to_dask(self) -> Any:
         """A ``dask.array.Array`` over the same chunks, on the same workers (nothing moves).

@@ -26,7 +26,7 @@ from . import _pickling
 from ._backend import MapOutcome
 from ._checks import MapRequest
 from ._cluster_array import ClusterArray, ClusterStore
-from ._cluster_worker import outcome_of, pick, resplit, run_on_chunks
+from ._cluster_worker import outcome_of, pick, resplit, run_on_chunks, take
 from ._dask_map import crash_error, dumps, failure_of, task_name
 from ._dask_worker import Payload
 
@@ -88,7 +88,7 @@ class ClusterMapRun:
             chunks = [inputs[i] for inputs in self._inputs]
             run = self._client.submit(
                 run_on_chunks, self._spec, store.origin, i, *chunks,
-                key=(self._prefix, i), workers=self._homes[i], allow_other_workers=self._homes[i] is not None, pure=False,
+                key=f"{self._prefix}-{i}", workers=self._homes[i], allow_other_workers=self._homes[i] is not None, pure=False,
             )  # fmt: skip
             result = self._client.submit(outcome_of, run, key=(f"{self._prefix}-outcome", i), pure=False)
             self._runs[i] = run
@@ -107,7 +107,8 @@ class ClusterMapRun:
         spread over the workers in order."""
         for k in range(len(self._plan.arrays)):
             if self._is_aligned(k):
-                return self._store.homes(self._sources[k])
+                known = self._plan.arrays[k].homes
+                return known if known is not None else self._store.homes(self._sources[k])
         return self._store.spread(self._count)
 
     def _aligned(self, k: int) -> list[DaskFuture]:
@@ -237,22 +238,45 @@ class ClusterMapRun:
         return outcome
 
     def _adopt(self) -> None:
-        """Each array takes the chunks the map wrote: a pick of the run where the chunk ran,
-        else the chunk it would have run on (its own, or the re-split copy)."""
+        """Each array takes the chunks the map wrote, else the chunk it would have run on
+        (its own, or the re-split copy).
+
+        A written chunk becomes a new *root* key: a ``take`` task, pinned to the worker that
+        ran the chunk, that takes the chunk from the run's result in that worker's memory.
+        Were it a task depending on the run (which depends on the chunks before it, and so
+        on), the scheduler would keep every map's tasks for as long as the array lives, to
+        be able to recompute them: an iterative job would grow the scheduler without end.
+        The run's own key is kept (the array's ``pins``) until the array's next change, so
+        the take always finds it. The cost: a written chunk cannot be recomputed.
+        """
         if not self._ran and all(self._is_aligned(k) for k in range(len(self._plan.arrays))):
             return
+        ran = sorted(self._ran)
+        holders = self._client.who_has([self._ran[i] for i in ran]) if ran else {}
+        homes: list[list[str] | None] = list(self._homes)
+        for i in ran:
+            homes[i] = sorted(holders.get(self._ran[i].key, ())) or None
+        pins = [self._ran[i] for i in ran]
         for k, array in enumerate(self._plan.arrays):
             chunks = []
             for i in range(self._count):
                 run = self._ran.get(i)
                 if run is None:
                     chunks.append(self._inputs[k][i])
+                elif homes[i] is None:  # not in memory anywhere (lost meanwhile): depend on it
+                    chunks.append(self._client.submit(pick, run, 2 + k, pure=False))
                 else:
                     chunks.append(
                         self._client.submit(
-                            pick, run, 2 + k, key=(f"{self._prefix}-{array.name}", i), pure=False
+                            take,
+                            run.key,
+                            2 + k,
+                            key=(f"{self._prefix}-{array.name}", i),
+                            workers=homes[i],
+                            allow_other_workers=True,  # strict would wait forever for a dead worker
+                            pure=False,
                         )
                     )
-            array.replace(self._plan.axes[k], self._plan.offsets, chunks)
+            array.replace(self._plan.axes[k], self._plan.offsets, chunks, homes=homes, pins=pins)
         self._runs.clear()
         self._ran.clear()

@@ -1,6 +1,7 @@
 """What runs on a Dask worker for cluster arrays: make, read, write, re-split and map chunks.
 
-Like :mod:`shmpool._dask_worker`, it imports no Dask and holds no state of the caller. A
+Like :mod:`shmpool._dask_worker`, it holds no state of the caller, and imports no Dask at
+import time (``take`` imports it when it runs, on a worker). A
 chunk is an ordinary NumPy array held by Dask as the result of a task. Writes happen in
 place on that object and the task returns it, so the new key's value is the very same
 memory (nothing is copied); the caller then drops the old key. Dask sees every key keep
@@ -19,7 +20,7 @@ from ._dask_worker import Payload, enter_worker
 from ._protocol import RemoteError
 from ._worker import first_unpicklable, remote_error
 
-__all__ = ["assign", "make_chunk", "outcome_of", "pick", "read", "resplit", "run_on_chunks"]
+__all__ = ["assign", "make_chunk", "outcome_of", "pick", "read", "resplit", "run_on_chunks", "take"]
 
 Array = np.ndarray  # type: ignore[type-arg]
 
@@ -61,6 +62,22 @@ def resplit(along: int, keys: list[tuple[Any, ...]], *sources: Array) -> Array:
 
 def pick(outputs: tuple[Any, ...], slot: int) -> Any:
     """One chunk of a map task's outputs (the same object: nothing is copied)."""
+    return outputs[slot]
+
+
+def take(key: str, slot: int) -> Any:
+    """Output ``slot`` of the map task ``key`` in this worker's memory, as a new root key.
+
+    Not a dependency on purpose (see ``ClusterMapRun._adopt``): the key is read from the
+    worker's store directly, so the scheduler keeps no history behind the chunk. Run
+    anywhere else, or after the key is gone, it raises: such a chunk cannot be recomputed.
+    """
+    from distributed import get_worker  # only ever called on a Dask worker
+
+    data = get_worker().data
+    if key not in data:
+        raise LookupError(f"{key} is not in this worker's memory: the chunk was lost with its worker")
+    outputs: Any = data[key]
     return outputs[slot]
 
 

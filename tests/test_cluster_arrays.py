@@ -238,11 +238,15 @@ def test_free_del_and_close_leave_nothing(dask_client: Any) -> None:  # noqa: F8
         pool.on_cluster.zeros(3)
 
 
-def test_a_lost_worker_loses_scattered_chunks_with_a_clear_error(pool: Any, dask_client: Any) -> None:  # noqa: F811
-    x = pool.on_cluster.asarray(np.arange(1000.0), name="field")
-    y = pool.on_cluster.full_like(x, 4.0, name="made")
-    pool.on_cluster.map(step, y, y)
-    holder = sorted(pool.client.who_has(x.chunk_futures("test"))[x.chunk_futures("test")[1].key])[0]
+def test_a_lost_worker_gives_a_clear_error_unless_dask_can_recompute(
+    pool: Any,
+    dask_client: Any,  # noqa: F811
+) -> None:
+    x = pool.on_cluster.asarray(np.arange(1000.0), name="field")  # scattered
+    y = pool.on_cluster.full_like(x, 4.0, name="written")
+    pool.on_cluster.map(step, y, y)  # written by a map
+    z = pool.on_cluster.full_like(x, 3.0, name="as-made")  # only made: its tasks carry all
+    holder = x.homes[1][0]
     os.kill(dask_client.run(os.getpid, workers=[holder])[holder], signal.SIGKILL)
     deadline = time.monotonic() + 30
     with pytest.raises(shmpool.WorkerCrashedError) as info:
@@ -251,9 +255,26 @@ def test_a_lost_worker_loses_scattered_chunks_with_a_clear_error(pool: Any, dask
             time.sleep(0.2)
     assert "'field'" in str(info.value) and "chunk(s) 1 (indices 500:1000)" in str(info.value)
     assert info.value.chunk == 1
-    # Chunks made by tasks are recomputed by Dask: zeros, then the map since.
-    assert np.array_equal(y.gather(), np.full(1000, 5.0))
+    with pytest.raises(shmpool.WorkerCrashedError, match=r"'written' lost chunk\(s\) 1 \(indices 500:1000\)"):
+        while time.monotonic() < deadline:
+            y[0:1000]
+            time.sleep(0.2)
+    assert y[:500].tolist() == [5.0] * 500  # chunk 0 lives on the other worker: still there
+    assert np.array_equal(z.gather(), np.full(1000, 3.0))  # recomputed by Dask
     dask_client.wait_for_workers(2, timeout=60)
+
+
+def test_an_iterative_job_does_not_grow_the_scheduler(pool: Any, local_cluster: Any) -> None:  # noqa: F811
+    x = pool.on_cluster.full(1000, 4.0)
+    y = pool.on_cluster.empty_like(x)
+    counts = []
+    for _ in range(3):
+        for _ in range(20):
+            pool.on_cluster.map(step, x, y)
+            x, y = y, x
+        time.sleep(0.3)  # the scheduler forgets released keys asynchronously
+        counts.append(sum(1 for key in local_cluster.scheduler.tasks if "shmpool" in str(key)))
+    assert counts[0] == counts[1] == counts[2] < 20, counts  # a map's tasks go when it is done
 
 
 def test_terminate_stops_a_cluster_map_and_close_waits_for_one(dask_client: Any) -> None:  # noqa: F811
