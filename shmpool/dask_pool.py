@@ -21,7 +21,11 @@ each task's arguments, so a task whose worker died is simply run again elsewhere
 ``distributed.scheduler.allowed-failures`` allows; scattered data would be lost with its
 worker. The spec is the result of a task for the same reason.
 
-The map run is :mod:`shmpool._dask_map`; the worker side is :mod:`shmpool._dask_worker`. Dask is optional: this module imports it,
+That is ``pool.map`` over NumPy arrays, whose home is the caller. Arrays that live on the
+cluster instead (``pool.on_cluster``, :class:`shmpool.ClusterArray`) move nothing but tasks
+and small results: see :mod:`shmpool._cluster_array` and :mod:`shmpool._cluster_map`.
+
+The NumPy map run is :mod:`shmpool._dask_map`; the worker side is :mod:`shmpool._dask_worker`. Dask is optional: this module imports it,
 and ``shmpool`` imports this module only when ``shmpool.DaskPool`` is first used.
 """
 
@@ -264,6 +268,9 @@ class DaskPool(Pool):
     ``stats.bytes_staged_in`` counts the bytes sent to the cluster, ``bytes_copied_back``
     those that came back and were written. On ``timeout``, cancel or terminate, chunk tasks
     are cancelled; one already running finishes on its worker and its result is dropped.
+
+    ``on_cluster`` makes arrays that stay on the workers (:class:`shmpool.ClusterArray`) and
+    maps over them where their chunks are; ``stats`` counts that work too.
     """
 
     def __init__(

@@ -22,7 +22,7 @@ from . import kernels
 from .test_dask_pool import (  # noqa: F401 - fixtures used by name
     DaskPool,
     MiB,
-    _bytes_sent_by_workers,
+    bytes_sent_by_workers,
     dask_client,
     dask_cluster_processes_are_not_leaks,
     local_cluster,
@@ -137,9 +137,9 @@ def test_to_dask_shares_the_chunks(pool: Any) -> None:
     x = pool.on_cluster.asarray(data)
     d = x.to_dask()
     assert d.shape == data.shape and d.chunks[0] == (500, 500)
-    sent = _bytes_sent_by_workers(pool.client)
+    sent = bytes_sent_by_workers(pool.client)
     assert np.isclose(pool.client.compute(d.sum()).result(), data.sum())
-    assert _bytes_sent_by_workers(pool.client) - sent < 64 * 1024  # partial sums, not chunks
+    assert bytes_sent_by_workers(pool.client) - sent < 64 * 1024  # partial sums, not chunks
 
 
 # ---- maps -------------------------------------------------------------------------------------
@@ -168,7 +168,7 @@ def test_no_chunk_passes_through_the_client(pool: Any) -> None:
     x = pool.on_cluster.full(4 * MiB // 8, 4.0)  # 4 MiB each, one chunk per worker
     y = pool.on_cluster.empty_like(x)
     pool.on_cluster.map(step, x, y)  # warm: the workers import the kernel's module once
-    before, sent = pool.stats, _bytes_sent_by_workers(pool.client)
+    before, sent = pool.stats, bytes_sent_by_workers(pool.client)
     for _ in range(10):
         pool.on_cluster.map(step, x, y)
         x, y = y, x
@@ -178,7 +178,7 @@ def test_no_chunk_passes_through_the_client(pool: Any) -> None:
         after.bytes_copied_back - before.bytes_copied_back
     )
     assert moved < 10 * 16 * 1024  # kernel and results only: under 16 KiB per map
-    assert _bytes_sent_by_workers(pool.client) - sent < 10 * 16 * 1024  # nor between workers
+    assert bytes_sent_by_workers(pool.client) - sent < 10 * 16 * 1024  # nor between workers
     expected = np.full(4, 4.0)
     for _ in range(10):  # x was written last
         expected = np.sqrt(expected) * 2 + 1
