@@ -150,9 +150,8 @@ class ClusterArray:
         self._offsets = tuple(int(o) for o in offsets)
         self._futures = futures
         self._freed = False
-        # Where each chunk is, when known; keys the chunks were taken from (see _cluster_map).
+        # Where each chunk is, when known: the next map goes there without asking.
         self.homes: list[list[str] | None] | None = None
-        self._pins: list[DaskFuture] = []
         self._lock = threading.RLock()  # a write replaces futures: readers see old or new
         store.add(self)
 
@@ -237,11 +236,10 @@ class ClusterArray:
         futures: list[DaskFuture],
         *,
         homes: list[list[str] | None] | None = None,
-        pins: list[DaskFuture] | None = None,
     ) -> None:
         """Hold new chunks (a write's or a map's); the old ones are released. ``homes``:
         the workers the chunks are on, if known (the next map goes there without asking the
-        scheduler). ``pins``: keys the new chunks are taken from, held until the next change."""
+        scheduler)."""
         with self._lock:
             if self._freed:
                 return  # freed while the map ran: drop its output too
@@ -249,14 +247,12 @@ class ClusterArray:
             self._offsets = tuple(int(o) for o in offsets)
             self._futures = futures
             self.homes = homes
-            self._pins = pins or []
 
     def release(self) -> None:
         """Drop the chunks' futures: Dask frees their memory once no task needs them."""
         with self._lock:
             self._freed = True
-            futures, self._futures = self._futures + self._pins, []
-            self._pins = []
+            futures, self._futures = self._futures, []
         for future in futures:
             try:
                 future.release()
@@ -373,7 +369,7 @@ class ClusterArray:
                     pure=False,
                 )
                 self._store.count(sent=piece.nbytes)
-            self.replace(self.axis, self._offsets, new, homes=self.homes, pins=self._pins)
+            self.replace(self.axis, self._offsets, new, homes=self.homes)
 
     def to_dask(self) -> Any:
         """A ``dask.array.Array`` over the same chunks, on the same workers (nothing moves).

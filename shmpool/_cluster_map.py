@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import pickle
 import queue
+import threading
 import time
 import uuid
 from concurrent.futures import CancelledError
@@ -246,8 +247,10 @@ class ClusterMapRun:
         Were it a task depending on the run (which depends on the chunks before it, and so
         on), the scheduler would keep every map's tasks for as long as the array lives, to
         be able to recompute them: an iterative job would grow the scheduler without end.
-        The run's own key is kept (the array's ``pins``) until the array's next change, so
-        the take always finds it. The cost: a written chunk cannot be recomputed.
+        The run's own key is released once every take of it has landed, so the take always
+        finds it, and the worker does not count the chunk twice (in the run's result and
+        in the take's) for longer than that: Dask would spill to disk what it thinks is
+        over its memory budget. The cost: a written chunk cannot be recomputed.
         """
         if not self._ran and all(self._is_aligned(k) for k in range(len(self._plan.arrays))):
             return
@@ -256,7 +259,7 @@ class ClusterMapRun:
         homes: list[list[str] | None] = list(self._homes)
         for i in ran:
             homes[i] = sorted(holders.get(self._ran[i].key, ())) or None
-        pins = [self._ran[i] for i in ran]
+        takes: dict[int, list[DaskFuture]] = {i: [] for i in ran}
         for k, array in enumerate(self._plan.arrays):
             chunks = []
             for i in range(self._count):
@@ -277,6 +280,29 @@ class ClusterMapRun:
                             pure=False,
                         )
                     )
-            array.replace(self._plan.axes[k], self._plan.offsets, chunks, homes=homes, pins=pins)
+            for i in ran:
+                takes[i].append(chunks[i])
+            array.replace(self._plan.axes[k], self._plan.offsets, chunks, homes=homes)
+        for i in ran:
+            _release_when_taken(self._ran[i], takes[i])
         self._runs.clear()
         self._ran.clear()
+
+
+def _release_when_taken(run: DaskFuture, takes: list[DaskFuture]) -> None:
+    """Release ``run`` once all ``takes`` of it have landed (however they ended)."""
+    left = [len(takes)]
+    lock = threading.Lock()
+
+    def landed(_: DaskFuture) -> None:
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            try:
+                run.release()
+            except Exception:
+                pass  # the client is closing: its keys go with it
+
+    for take_future in takes:
+        take_future.add_done_callback(landed)
