@@ -30,6 +30,7 @@ from .errors import (
 
 if TYPE_CHECKING:
     from ._checks import whole
+    from ._cluster_array import ClusterArray as ClusterArray  # DaskPool's arrays, not in __all__
     from ._executor import PoolExecutor
     from ._frontend import Pool, PoolStats
     from ._kernel import Kernel, active_pool, default_pool, kernel
@@ -45,6 +46,8 @@ _LAZY = {
     # Imports Dask, which is optional (pip install "shmpool[dask]"): only on first use, and
     # not in __all__, so that "from shmpool import *" never needs Dask.
     "DaskPool": ".dask_pool",
+    # DaskPool's arrays on the cluster; the class itself imports no Dask.
+    "ClusterArray": "._cluster_array",
     "Kernel": "._kernel",
     "active_pool": "._kernel",
     "default_pool": "._kernel",

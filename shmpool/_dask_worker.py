@@ -22,7 +22,7 @@ from ._active import mark_worker_process
 from ._protocol import RemoteError
 from ._worker import first_unpicklable, remote_error
 
-__all__ = ["Payload", "origin", "run_call", "run_chunk", "run_items"]
+__all__ = ["Payload", "enter_worker", "origin", "run_call", "run_chunk", "run_items"]
 
 Array = np.ndarray  # type: ignore[type-arg]
 
@@ -81,7 +81,7 @@ def origin() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _enter_worker(caller: str) -> None:
+def enter_worker(caller: str) -> None:
     # A decorated kernel called by a kernel must run in place, as in a SharedPool worker,
     # not start a pool of its own. Only in a separate process: a Dask worker thread in the
     # caller's own process (LocalCluster(processes=False)) must leave the caller alone.
@@ -125,7 +125,7 @@ def run_chunk(payload: Payload, index: int, arrays: tuple[Array, ...]) -> tuple[
         kernel, kwargs, wholes, layout, writable, read_only_wholes = payload.load()
     except _LoadFailed as failed:
         return None, (), (), failed.error
-    _enter_worker(payload.origin)
+    enter_worker(payload.origin)
     views: list[Array] = []
     before: dict[int, Array] = {}
     for slot, arrived in enumerate(arrays):
@@ -183,7 +183,7 @@ def run_items(payload: Payload, first: int, items: bytes) -> tuple[bytes, Remote
         fn = payload.load()
     except _LoadFailed as failed:
         return _pickling.dumps([]), failed.error, 0.0
-    _enter_worker(payload.origin)
+    enter_worker(payload.origin)
     results: list[Any] = []
     error: RemoteError | None = None
     start = time.perf_counter()
@@ -207,7 +207,7 @@ def run_call(fn: bytes, args: bytes, caller: str) -> tuple[bytes | None, RemoteE
         positional, keywords = pickle.loads(args)
     except Exception as exc:
         return None, remote_error(exc, None)
-    _enter_worker(caller)
+    enter_worker(caller)
     try:
         value = function(*positional, **keywords)
     except Exception as exc:

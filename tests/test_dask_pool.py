@@ -204,7 +204,7 @@ def _worker_pids(client: Any) -> list[int]:
     return sorted(client.run(os.getpid).values())
 
 
-def _bytes_sent_by_workers(client: Any) -> int:
+def bytes_sent_by_workers(client: Any) -> int:
     """What the workers have sent (to the client and to each other), by Dask's count."""
 
     def sent(dask_worker: Any) -> int:
@@ -309,10 +309,10 @@ def test_unchanged_chunks_are_not_sent_back(dask_pool: DaskPool) -> None:
     x = np.random.default_rng(0).random(2 * MiB // 8 * 4)  # 8 MiB
     out = np.zeros_like(x)
     client = dask_pool.client
-    before, sent_before = dask_pool.stats, _bytes_sent_by_workers(client)
+    before, sent_before = dask_pool.stats, bytes_sent_by_workers(client)
     dask_pool.map(_touch_nothing, x, out)
     dask_pool.map(_rewrite_same_values, x)  # "do not trust the kernel": compared, not assumed
-    after, sent_after = dask_pool.stats, _bytes_sent_by_workers(client)
+    after, sent_after = dask_pool.stats, bytes_sent_by_workers(client)
     assert after.bytes_copied_back == before.bytes_copied_back
     assert after.bytes_staged_in - before.bytes_staged_in >= 3 * x.nbytes  # x twice, out once
     assert sent_after - sent_before < x.nbytes // 20  # results and spec only: no array data
@@ -322,9 +322,9 @@ def test_changed_chunks_come_back_and_only_they(dask_pool: DaskPool) -> None:
     x = np.arange(2 * MiB // 8 * 4, dtype=np.float64)  # 8 MiB, in 16 chunks
     expected = np.where(x < x.size // 4, 2 * x, x)
     client = dask_pool.client
-    before, sent_before = dask_pool.stats, _bytes_sent_by_workers(client)
+    before, sent_before = dask_pool.stats, bytes_sent_by_workers(client)
     dask_pool.map(_scale_head, x, chunks=x.size // 16, below=float(x.size // 4))
-    after, sent_after = dask_pool.stats, _bytes_sent_by_workers(client)
+    after, sent_after = dask_pool.stats, bytes_sent_by_workers(client)
     assert np.array_equal(x, expected)
     assert after.bytes_copied_back - before.bytes_copied_back == x.nbytes // 4  # 4 chunks of 16
     assert x.nbytes // 4 <= sent_after - sent_before < x.nbytes // 4 + x.nbytes // 20
@@ -350,13 +350,13 @@ def test_whole_arguments_travel_once_per_map(dask_pool: DaskPool) -> None:
     idx = np.arange(0, table.size, 997)
     out = np.zeros(idx.size)
     client = dask_pool.client
-    before, sent_before = dask_pool.stats, _bytes_sent_by_workers(client)
+    before, sent_before = dask_pool.stats, bytes_sent_by_workers(client)
 
     def lookup(i: np.ndarray, t: np.ndarray, o: np.ndarray) -> None:
         o[:] = t[i]
 
     dask_pool.map(lookup, idx, shmpool.whole(table), out, chunks=max(1, idx.size // 32))
-    after, sent_after = dask_pool.stats, _bytes_sent_by_workers(client)
+    after, sent_after = dask_pool.stats, bytes_sent_by_workers(client)
     assert np.array_equal(out, table[idx])
     chunk_bytes = idx.nbytes + out.nbytes
     sent = after.bytes_staged_in - before.bytes_staged_in
@@ -508,6 +508,40 @@ def test_real_cluster_worker_killed_mid_map_is_retried(real_client: Any) -> None
     assert len(pids) == 24 and victim in pids  # chunks done before the kill were kept
     real_client.wait_for_workers(2, timeout=60)  # the nanny replaced the worker
     assert victim not in _worker_pids(real_client)
+
+
+def _w2(x: np.ndarray, y: np.ndarray) -> None:
+    np.sqrt(x, out=y)
+    y *= 2
+    y += 1
+
+
+def test_real_cluster_keeps_cluster_arrays_on_the_workers(real_client: Any) -> None:
+    data = np.random.default_rng(7).random((4000, 16))
+    with DaskPool(real_client) as pool:
+        x = pool.on_cluster.asarray(data)
+        y = pool.on_cluster.empty_like(x)
+        before, sent = pool.stats, bytes_sent_by_workers(real_client)
+        for _ in range(4):
+            pool.on_cluster.map(_w2, x, y)
+            x, y = y, x
+        after = pool.stats
+        assert after.bytes_staged_in - before.bytes_staged_in < 4 * 16 * 1024  # tasks, not chunks
+        assert bytes_sent_by_workers(real_client) - sent < 4 * 16 * 1024
+        expected = data
+        for _ in range(4):
+            expected = np.sqrt(expected) * 2 + 1
+        assert np.array_equal(x.gather(), expected) and np.array_equal(x[100:103, 5], expected[100:103, 5])
+        pids = pool.on_cluster.map(kernels.worker_pid, x)
+        assert sorted(pids) == _worker_pids(real_client)  # one chunk on each worker
+
+    def keys(dask_worker: Any) -> int:
+        return sum(1 for k in dask_worker.data if "shmpool" in str(k))
+
+    deadline = time.monotonic() + 10
+    while sum(real_client.run(keys).values()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sum(real_client.run(keys).values()) == 0  # the pool's close released its chunks
 
 
 # ---- Dask stays optional ------------------------------------------------------------------

@@ -219,6 +219,7 @@ def test_many_pools_at_once_and_in_a_loop() -> None:
         if i == 20:
             rss_before = process.memory_info().rss  # after allocator warm-up
     del pool, x
+
     # Threads and descriptors of the last pool go as its helper threads end; on a loaded
     # machine that can take a moment. A leak never recovers, so a bounded wait stays strict.
     def grew() -> bool:  # descriptors left by earlier tests may close meanwhile: no growth

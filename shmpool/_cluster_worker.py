@@ -1,0 +1,131 @@
+"""What runs on a Dask worker for cluster arrays: make, read, write, re-split and map chunks.
+
+Like :mod:`shmpool._dask_worker`, it holds no state of the caller, and imports no Dask at
+import time (``take`` imports it when it runs, on a worker). A
+chunk is an ordinary NumPy array held by Dask as the result of a task. Writes happen in
+place on that object and the task returns it, so the new key's value is the very same
+memory (nothing is copied); the caller then drops the old key. Dask sees every key keep
+the value it was computed with, provided nothing else still reads the old key.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import numpy as np
+
+from . import _pickling
+from ._dask_worker import Payload, enter_worker
+from ._protocol import RemoteError
+from ._worker import first_unpicklable, remote_error
+
+__all__ = ["assign", "make_chunk", "outcome_of", "pick", "read", "resplit", "run_on_chunks", "take"]
+
+Array = np.ndarray  # type: ignore[type-arg]
+
+
+def make_chunk(shape: tuple[int, ...], dtype: str, order: str, fill: Any) -> Array:
+    """A new chunk, made here: ``fill`` None leaves it uninitialised, else it is filled."""
+    if fill is None:
+        return np.empty(shape, dtype=np.dtype(dtype), order=order)  # type: ignore[call-overload,no-any-return]
+    return np.full(shape, fill, dtype=np.dtype(dtype), order=order)  # type: ignore[call-overload,no-any-return]
+
+
+def _writable(chunk: Array) -> Array:
+    # A chunk that arrived from another worker may sit in a read-only receive buffer.
+    return chunk if chunk.flags.writeable else chunk.copy(order="K")
+
+
+def read(chunk: Array, key: tuple[Any, ...]) -> Array:
+    """``chunk[key]``, cut here: only the rows a read touches go back to the caller."""
+    return np.ascontiguousarray(chunk[key])
+
+
+def assign(chunk: Array, key: tuple[Any, ...], value: Any) -> Array:
+    """``chunk[key] = value`` in place; the chunk (the same object) is the new key's value."""
+    target = _writable(chunk)
+    target[key] = value
+    return target
+
+
+def resplit(along: int, keys: list[tuple[Any, ...]], *sources: Array) -> Array:
+    """A new chunk: ``source[key]`` of each source chunk, joined along ``along``. This is
+    how a map re-splits an array whose chunks differ from the map's: worker to worker."""
+    parts: list[Array] = [source[key] for source, key in zip(sources, keys, strict=True)]
+    if len(parts) == 1:
+        single: Array = parts[0].copy(order="K")
+        return single
+    joined: Array = np.concatenate(parts, axis=along)
+    return joined
+
+
+def pick(outputs: tuple[Any, ...], slot: int) -> Any:
+    """One chunk of a map task's outputs (the same object: nothing is copied)."""
+    return outputs[slot]
+
+
+def take(key: str, slot: int) -> Any:
+    """Output ``slot`` of the map task ``key`` in this worker's memory, as a new root key.
+
+    Not a dependency on purpose (see ``ClusterMapRun._adopt``): the key is read from the
+    worker's store directly, so the scheduler keeps no history behind the chunk. Run
+    anywhere else, or after the key is gone, it raises: such a chunk cannot be recomputed.
+    """
+    from distributed import get_worker  # only ever called on a Dask worker
+
+    data = get_worker().data
+    if key not in data:
+        raise LookupError(f"{key} is not in this worker's memory: the chunk was lost with its worker")
+    outputs: Any = data[key]
+    return outputs[slot]
+
+
+def outcome_of(outputs: tuple[Any, ...]) -> tuple[bytes | None, RemoteError | None]:
+    """The small part of a map task's outputs, which is all that goes back to the caller."""
+    return outputs[0], outputs[1]
+
+
+def _load(spec: bytes | Payload) -> tuple[Any, ...]:
+    raw = spec.raw if isinstance(spec, Payload) else spec
+    kernel, arguments, layout = pickle.loads(raw)
+    wholes, kwargs = pickle.loads(arguments)
+    return pickle.loads(kernel), wholes, kwargs, layout
+
+
+def run_on_chunks(spec: bytes | Payload, caller: str, index: int, *chunks: Array) -> tuple[Any, ...]:
+    """Run the kernel on chunk ``index`` of each distinct array, in place.
+
+    Returns ``(result bytes, error, *chunks)``: the chunks are the objects the kernel wrote
+    (the arrived ones, unless they had to be made writable). ``whole()`` arrays are
+    read-only here: a write to one would stay on this worker and be lost.
+    """
+    try:
+        kernel, wholes, kwargs, layout = _load(spec)
+    except Exception as exc:
+        return (None, remote_error(exc, None), *chunks)
+    enter_worker(caller)
+    views = [_writable(c) for c in chunks]
+    args: list[Any] = []
+    for position, slot in enumerate(layout):
+        if slot >= 0:
+            args.append(views[slot])
+            continue
+        obj = wholes[position]
+        if isinstance(obj, np.ndarray) and obj.flags.writeable:
+            obj = obj.view()
+            obj.flags.writeable = False
+        args.append(obj)
+    packed: bytes | None = None
+    error: RemoteError | None = None
+    try:
+        value = kernel(*args, **kwargs)
+    except Exception as exc:
+        error = remote_error(exc, index)
+    else:
+        if value is not None:
+            try:
+                packed = _pickling.dumps(value)
+            except Exception:
+                error = first_unpicklable([(index, value)], "chunk")[1]
+    return (packed, error, *views)

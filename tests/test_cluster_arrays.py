@@ -1,0 +1,318 @@
+"""Cluster arrays on a DaskPool: made on the workers, mapped where they live, freed.
+
+Every test runs on a LocalCluster of two worker processes (the fixtures of
+test_dask_pool.py). "Nothing moved" is checked twice: by the pool's own counters (what the
+client sent and received) and by Dask's counters on the workers (what they sent to anyone).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+import shmpool
+
+from . import kernels
+from .test_dask_pool import (  # noqa: F401 - fixtures used by name
+    DaskPool,
+    MiB,
+    bytes_sent_by_workers,
+    dask_client,
+    dask_cluster_processes_are_not_leaks,
+    local_cluster,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def pool(dask_client: Any) -> Any:  # noqa: F811 - the imported fixture, by name
+    with DaskPool(dask_client) as p:
+        yield p
+    _wait_until_no_keys(dask_client)
+
+
+def _shmpool_keys(client: Any) -> list[str]:
+    def keys(dask_worker: Any) -> list[str]:
+        return [str(k) for k in dask_worker.data if "shmpool" in str(k)]
+
+    return [k for ks in client.run(keys).values() for k in ks]
+
+
+def _wait_until_no_keys(client: Any, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while (left := _shmpool_keys(client)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, f"left on the workers: {left}"
+
+
+def step(x: np.ndarray, y: np.ndarray) -> None:
+    """The benchmark's kernel (W2 in place): y = sqrt(x) * 2 + 1."""
+    np.sqrt(x, out=y)
+    y *= 2
+    y += 1
+
+
+def total(x: np.ndarray) -> float:
+    return float(x.sum())
+
+
+# ---- making, reading, writing ----------------------------------------------------------------
+
+
+def test_made_on_the_workers(pool: Any) -> None:
+    before = pool.stats
+    z = pool.on_cluster.zeros((1000, 3), dtype=np.int32)
+    f = pool.on_cluster.full(10, 2.5, chunks=3)
+    e = pool.on_cluster.empty((6, 4), axis=1)
+    assert isinstance(z, shmpool.ClusterArray)
+    assert (z.shape, z.dtype, z.ndim, z.size, z.nbytes) == ((1000, 3), np.int32, 2, 3000, 12000)
+    assert z.chunks == (0, 500, 1000)  # one chunk per worker thread
+    assert f.chunks == (0, 3, 6, 9, 10) and f.dtype == np.float64 and e.chunks == (0, 2, 4) and e.axis == 1
+    assert pool.stats.bytes_staged_in == before.bytes_staged_in  # only tasks were sent
+    assert np.array_equal(np.asarray(z), np.zeros((1000, 3), np.int32)) and np.sum(f) == 25.0
+    like = pool.on_cluster.full_like(f, 7, dtype=np.int8)
+    assert like.chunks == f.chunks and like.dtype == np.int8 and like.gather().tolist() == [7] * 10
+    assert pool.on_cluster.zeros_like(np.zeros((2, 5))).shape == (2, 5)
+    assert pool.on_cluster.empty_like(z).chunks == z.chunks
+
+
+def test_asarray_sends_the_data_once(pool: Any) -> None:
+    data = np.random.default_rng(1).random((4000, 8))
+    before = pool.stats
+    x = pool.on_cluster.asarray(data, chunks=1000)
+    assert pool.stats.bytes_staged_in - before.bytes_staged_in == data.nbytes
+    assert pool.on_cluster.asarray(x) is x
+    assert np.array_equal(x.gather(), data) and x.chunks == (0, 1000, 2000, 3000, 4000)
+    assert pool.stats.bytes_copied_back - before.bytes_copied_back == data.nbytes
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_reads_fetch_only_what_they_touch(pool: Any, axis: int) -> None:
+    data = np.arange(64 * 32, dtype=np.float64).reshape(64, 32)
+    x = pool.on_cluster.asarray(data, axis=axis, chunks=8)
+    keys: list[Any] = [
+        5, -1, (3, 4), (slice(None), 7), (slice(2, 50, 3), slice(None, None, -2)), (Ellipsis, 9),
+        (slice(None, None, -1),), (slice(60, 2, -5), 1), slice(10, 10), (np.int64(2), Ellipsis),
+        ([1, 5], slice(None)), data[:, 0] > 100,
+    ]  # fmt: skip
+    for key in keys:
+        assert np.array_equal(x[key], data[key]), key
+    before = pool.stats
+    row = x[(slice(None), 3) if axis else (3,)]
+    assert pool.stats.bytes_copied_back - before.bytes_copied_back == row.nbytes  # one line
+    with pytest.raises(IndexError):
+        x[(slice(None), 32) if axis else (64,)]
+
+
+def test_writes_send_only_what_they_touch(pool: Any) -> None:
+    data = np.zeros((40, 6))
+    x = pool.on_cluster.asarray(data, chunks=7)
+    writes: list[tuple[Any, Any]] = [
+        ((3, 2), 1.0), (slice(5, 30, 4), np.arange(6.0)), ((slice(None), 1), np.arange(40.0)),
+        ((slice(39, 0, -3), slice(0, 2)), np.ones((13, 1)) * 9), (Ellipsis, 0.0), ((slice(1, 3),), 4),
+    ]  # fmt: skip
+    for key, value in writes:
+        before = pool.stats.bytes_staged_in
+        x[key] = value
+        data[key] = value
+        assert np.array_equal(x.gather(), data), key
+        # A value that spans the split axis is cut per chunk; one that broadcasts along it
+        # goes whole to each chunk it touches: never the chunks themselves.
+        assert pool.stats.bytes_staged_in - before <= np.asarray(value, dtype=float).nbytes * 6
+    with pytest.raises(TypeError, match="ints, slices"):
+        x[[1, 2]] = 0
+    with pytest.raises(ValueError):
+        x[0:3] = np.ones(4)  # does not broadcast, as in NumPy
+
+
+def test_to_dask_shares_the_chunks(pool: Any) -> None:
+    data = np.random.default_rng(2).random((1000, 4))
+    x = pool.on_cluster.asarray(data)
+    d = x.to_dask()
+    assert d.shape == data.shape and d.chunks[0] == (500, 500)
+    sent = bytes_sent_by_workers(pool.client)
+    assert np.isclose(pool.client.compute(d.sum()).result(), data.sum())
+    assert bytes_sent_by_workers(pool.client) - sent < 64 * 1024  # partial sums, not chunks
+
+
+# ---- maps -------------------------------------------------------------------------------------
+
+
+def test_map_results_equal_shared_pools(pool: Any) -> None:
+    rng = np.random.default_rng(3)
+    a, b = rng.random((3000, 5)), rng.random((3000, 5))
+    with shmpool.SharedPool(2) as shared:
+        sx, sy, sout = shared.asarray(a), shared.asarray(b), shared.zeros_like(a)
+        shared.map(kernels.saxpy, sx, sy, sout, a=3.0, chunks=700)
+        shared.map(step, sout, sy)
+        sums = shared.map(total, sy, chunks=1000)
+        expected_out, expected_y = sout.copy(), sy.copy()
+    x, y = pool.on_cluster.asarray(a), pool.on_cluster.asarray(b)
+    out = pool.on_cluster.zeros_like(x)
+    assert pool.on_cluster.map(kernels.saxpy, x, y, out, a=3.0, chunks=700) == [None] * 5
+    pool.on_cluster.map(step, out, y)
+    assert pool.on_cluster.map(total, y, chunks=1000) == sums
+    assert np.array_equal(out.gather(), expected_out) and np.array_equal(y.gather(), expected_y)
+    assert out.chunks == (0, 700, 1400, 2100, 2800, 3000)  # the arrays keep the map's chunks
+    assert y.chunks == (0, 1000, 2000, 3000)
+
+
+def test_no_chunk_passes_through_the_client(pool: Any) -> None:
+    x = pool.on_cluster.full(4 * MiB // 8, 4.0)  # 4 MiB each, one chunk per worker
+    y = pool.on_cluster.empty_like(x)
+    pool.on_cluster.map(step, x, y)  # warm: the workers import the kernel's module once
+    before, sent = pool.stats, bytes_sent_by_workers(pool.client)
+    for _ in range(10):
+        pool.on_cluster.map(step, x, y)
+        x, y = y, x
+    after = pool.stats
+    assert after.maps - before.maps == 10 and after.chunks - before.chunks == 20
+    moved = (after.bytes_staged_in - before.bytes_staged_in) + (
+        after.bytes_copied_back - before.bytes_copied_back
+    )
+    assert moved < 10 * 16 * 1024  # kernel and results only: under 16 KiB per map
+    assert bytes_sent_by_workers(pool.client) - sent < 10 * 16 * 1024  # nor between workers
+    expected = np.full(4, 4.0)
+    for _ in range(10):  # x was written last
+        expected = np.sqrt(expected) * 2 + 1
+    assert np.array_equal(x[:4], expected) and np.all(np.asarray(x) == expected[0])
+
+
+def test_other_chunks_are_resplit_on_the_workers(pool: Any) -> None:
+    data = np.arange(6000.0).reshape(1000, 6)
+    x = pool.on_cluster.asarray(data, chunks=300)
+    y = pool.on_cluster.zeros((1000, 6), chunks=250)  # other boundaries
+    before = pool.stats
+    pool.on_cluster.map(kernels.saxpy, x, x, y, a=1.0)  # x's chunks win; y is re-split
+    assert pool.stats.bytes_staged_in - before.bytes_staged_in < 64 * 1024
+    assert y.chunks == x.chunks and np.array_equal(y.gather(), 2 * data)
+    assert pool.on_cluster.map(kernels.chunk_length, y, axis=1, chunks=2, along=1) == [2, 2, 2]
+    assert y.axis == 1 and y.chunks == (0, 2, 4, 6) and np.array_equal(np.asarray(y), 2 * data)
+
+
+def test_map_errors_and_checks(pool: Any) -> None:
+    x = pool.on_cluster.asarray(np.arange(50.0), chunks=5)
+    with pytest.raises(KeyError) as info:
+        pool.on_cluster.map(kernels.fail_on, x, bad=17)
+    assert "chunk 3" in str(info.value.__cause__) or "chunk 3" in str(info.value)
+    with pytest.raises(TypeError, match="not a cluster array"):
+        pool.on_cluster.map(kernels.double_in_place, np.zeros(3))
+    with pytest.raises(ValueError, match="same length"):
+        pool.on_cluster.map(kernels.saxpy, x, pool.on_cluster.zeros(3), x, a=1.0)
+    with pytest.raises(ValueError, match="read-only"):
+        pool.on_cluster.map(kernels.saxpy, x, x, shmpool.whole(np.zeros(5)), a=1.0)
+    with pytest.raises(TimeoutError):
+        pool.on_cluster.map(kernels.sleep_chunk, x, chunks=1, seconds=0.3, timeout=0.5)
+    assert pool.on_cluster.map(kernels.chunk_length, x, chunks=25) == [25, 25]
+
+
+# ---- lifetime ---------------------------------------------------------------------------------
+
+
+def test_free_del_and_close_leave_nothing(dask_client: Any) -> None:  # noqa: F811
+    with DaskPool(dask_client) as pool:
+        x = pool.on_cluster.zeros(1000)
+        y = pool.on_cluster.asarray(np.ones(1000))
+        pool.on_cluster.map(step, y, x)
+        assert _shmpool_keys(dask_client)
+        pool.on_cluster.free(x)
+        with pytest.raises(ValueError, match="was freed"):
+            x[0]
+        with pytest.raises(ValueError, match="not freed yet"):
+            pool.on_cluster.free(x)
+        del y
+        _wait_until_no_keys(dask_client)
+        z = pool.on_cluster.full(100, 3.0)
+        pool.on_cluster.map(step, z, z)
+    _wait_until_no_keys(dask_client)
+    with pytest.raises(ValueError, match="pool was closed"):
+        z.gather()
+    with pytest.raises(shmpool.PoolClosedError):
+        pool.on_cluster.zeros(3)
+
+
+def test_a_lost_worker_gives_a_clear_error_unless_dask_can_recompute(
+    pool: Any,
+    dask_client: Any,  # noqa: F811
+) -> None:
+    x = pool.on_cluster.asarray(np.arange(1000.0), name="field")  # scattered
+    y = pool.on_cluster.full_like(x, 4.0, name="written")
+    pool.on_cluster.map(step, y, y)  # written by a map
+    z = pool.on_cluster.full_like(x, 3.0, name="as-made")  # only made: its tasks carry all
+    holder = x.homes[1][0]
+    os.kill(dask_client.run(os.getpid, workers=[holder])[holder], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    with pytest.raises(shmpool.WorkerCrashedError) as info:
+        while time.monotonic() < deadline:  # the client hears of the loss a moment later
+            pool.on_cluster.map(total, x)
+            time.sleep(0.2)
+    assert "'field'" in str(info.value) and "chunk(s) 1 (indices 500:1000)" in str(info.value)
+    assert info.value.chunk == 1
+    with pytest.raises(shmpool.WorkerCrashedError, match=r"'written' lost chunk\(s\) 1 \(indices 500:1000\)"):
+        while time.monotonic() < deadline:
+            y[0:1000]
+            time.sleep(0.2)
+    assert y[:500].tolist() == [5.0] * 500  # chunk 0 lives on the other worker: still there
+    assert np.array_equal(z.gather(), np.full(1000, 3.0))  # recomputed by Dask
+    dask_client.wait_for_workers(2, timeout=60)
+
+
+def test_an_iterative_job_does_not_grow_the_scheduler(pool: Any, local_cluster: Any) -> None:  # noqa: F811
+    x = pool.on_cluster.full(1000, 4.0)
+    y = pool.on_cluster.empty_like(x)
+    counts = []
+    for _ in range(3):
+        for _ in range(20):
+            pool.on_cluster.map(step, x, y)
+            x, y = y, x
+        time.sleep(0.3)  # the scheduler forgets released keys asynchronously
+        counts.append(sum(1 for key in local_cluster.scheduler.tasks if "shmpool" in str(key)))
+    assert counts[0] == counts[1] == counts[2] < 20, counts  # a map's tasks go when it is done
+
+
+def test_terminate_stops_a_cluster_map_and_close_waits_for_one(dask_client: Any) -> None:  # noqa: F811
+    pool = DaskPool(dask_client)
+    x = pool.on_cluster.zeros(20, chunks=1)
+    errors: list[BaseException] = []
+    results: list[Any] = []
+
+    def run() -> None:
+        try:
+            results.append(pool.on_cluster.map(kernels.sleep_chunk, x, seconds=0.2))
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(0.5)
+    pool.terminate()
+    thread.join(30)
+    assert len(errors) == 1 and isinstance(errors[0], shmpool.PoolClosedError), errors
+    assert x.freed
+    _wait_until_no_keys(dask_client)
+
+    pool = DaskPool(dask_client)
+    y = pool.on_cluster.zeros(6, chunks=1)
+    thread = threading.Thread(
+        target=lambda: results.append(pool.on_cluster.map(kernels.sleep_chunk, y, seconds=0.1))
+    )
+    thread.start()
+    time.sleep(0.2)
+    pool.close()  # waits for the map, then releases the chunks
+    thread.join(30)
+    assert results == [[None] * 6]
+    _wait_until_no_keys(dask_client)
+
+
+def test_progress_bar(pool: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    x = pool.on_cluster.zeros(8, chunks=2)
+    pool.on_cluster.map(kernels.chunk_length, x, progress={"desc": "on-cluster"})
+    err = capsys.readouterr().err
+    assert "on-cluster" in err and "4/4" in err
