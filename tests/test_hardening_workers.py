@@ -21,7 +21,9 @@ from . import kernels_hardening as k
 
 
 def notes(exc: BaseException) -> str:
-    return " ".join(getattr(exc, "__notes__", []))
+    """Where the exception says it was raised: its notes (Python 3.11+) and the header of the
+    remote traceback attached as its cause (every version)."""
+    return " ".join([*getattr(exc, "__notes__", []), str(exc.__cause__ or "")])
 
 
 def assert_usable(pool: shmpool.SharedPool, pids: set[int] | None = None) -> None:
