@@ -24,14 +24,30 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError, Executor, Future
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-if TYPE_CHECKING:
-    from ._frontend import Pool
-
-__all__ = ["PoolExecutor"]
+__all__ = ["PoolExecutor", "Submitter"]
 
 T = TypeVar("T")
+
+
+class Submitter(Protocol):
+    """What the executor needs of a pool (every :class:`shmpool.Pool` is one): declared
+    here so that this module does not import the front end, which imports it."""
+
+    @property
+    def workers(self) -> int:
+        """How many workers the pool has."""
+        ...
+
+    @property
+    def closed(self) -> bool:
+        """Whether the pool was closed."""
+        ...
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Run one call in a worker."""
+        ...
 
 
 class _Item:
@@ -69,7 +85,7 @@ class PoolExecutor(Executor):
     executor down (also by leaving its ``with`` block) leaves the pool open.
     """
 
-    def __init__(self, pool: Pool):
+    def __init__(self, pool: Submitter):
         self._pool = pool
         # Read by dask.base.get_scheduler, which sizes its local scheduler from an
         # Executor's `_max_workers` (else from the CPU count, not the pool's workers).
@@ -84,7 +100,7 @@ class PoolExecutor(Executor):
         self._thread: threading.Thread | None = None
 
     @property
-    def pool(self) -> Pool:
+    def pool(self) -> Submitter:
         """The pool this executor runs on."""
         return self._pool
 

@@ -24,7 +24,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -42,13 +42,11 @@ from ._checks import (
     kernel_name,
     order_of,
 )
+from ._executor import PoolExecutor
 from ._futures import PendingFuture
 from ._progress import open_bar, resolve_progress
 from ._streams import StreamCall
 from .errors import PoolClosedError
-
-if TYPE_CHECKING:
-    from ._executor import PoolExecutor
 
 __all__ = ["Pool", "PoolStats"]
 
@@ -219,8 +217,6 @@ class Pool:
     def executor(self) -> PoolExecutor:
         """A ``concurrent.futures.Executor`` running on this pool's workers (see
         :class:`~shmpool.PoolExecutor`); shutting it down leaves the pool open."""
-        from ._executor import PoolExecutor
-
         return PoolExecutor(self)
 
     # ---- allocation ---------------------------------------------------------------------
