@@ -54,7 +54,7 @@ from ._cluster_array import ClusterStore
 from ._dask_map import DaskMapRun, crash_error, dumps, failure_of, task_name
 from ._dask_worker import Payload, origin, run_call, run_items
 from ._frontend import Pool, PoolStats
-from ._owned import OwnedArrays
+from ._owned import PrivateMemory
 from ._progress import resolve_progress
 from ._sizing import usable_cpus
 from .errors import PoolClosedError
@@ -169,8 +169,9 @@ class _DaskStream:
                 pass
 
 
-class DaskBackend:
-    """A Dask distributed cluster (see :class:`shmpool._backend.Backend`)."""
+class DaskBackend(PrivateMemory):
+    """A Dask distributed cluster (see :class:`shmpool._backend.Backend`); the pool's own
+    arrays are ordinary NumPy arrays in the caller's process."""
 
     kind = "DaskPool"
     # imap chunksize="auto": a Dask task costs milliseconds of scheduling, so a batch should
@@ -178,9 +179,9 @@ class DaskBackend:
     batch_target_s = 0.1
 
     def __init__(self, client: DaskClient | None, address: str | None):
+        super().__init__()
         self.origin = origin()
         self.closed = False
-        self._owned = OwnedArrays()
         self._own_client: DaskClient | None = None
         self.cluster: Any = None
         self._last_workers = 1
@@ -220,16 +221,6 @@ class DaskBackend:
             where = None
         return f"scheduler={where!r}"
 
-    def allocate(self, shape: tuple[int, ...], dtype: np.dtype, order: str, zero: bool) -> Array:  # type: ignore[type-arg]
-        array: Array = (np.zeros if zero else np.empty)(shape, dtype=dtype, order=order)  # type: ignore[call-overload]
-        return self._owned.add(array)
-
-    def owns(self, a: Array) -> bool:
-        return self._owned.owns(a)
-
-    def release(self, a: Array) -> None:
-        self._owned.drop(a)
-
     def start_map(self, request: MapRequest) -> MapRun:
         return DaskMapRun(self.client, self.origin, self.workers, request)
 
@@ -238,7 +229,7 @@ class DaskBackend:
 
     def shutdown(self, *, kill: bool) -> None:
         self.closed = True
-        self._owned.clear()
+        self.owned.clear()
         on_cluster = getattr(self, "on_cluster", None)
         if on_cluster is not None:  # None: the client never started
             on_cluster.shutdown(kill=kill)
