@@ -31,6 +31,7 @@ the block strategies in a tmpfs mounted with ``huge=advise`` (blocks advised MAD
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import mmap
 import multiprocessing
@@ -99,6 +100,9 @@ def _create(folder: str, size: int, strategy: str, huge: bool) -> tuple[str, mma
         if lock_fd >= 0:
             fcntl.flock(lock_fd, fcntl.LOCK_UN)
             os.close(lock_fd)
+            # Only this benchmark takes the lock: leave nothing behind in the folder.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(folder, ".pages_bench.lock"))
     return path, mapping
 
 
