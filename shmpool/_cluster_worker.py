@@ -15,10 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from . import _pickling
-from ._dask_worker import Payload, enter_worker
+from ._dask_worker import Payload, call_kernel, enter_worker
 from ._protocol import RemoteError
-from ._worker import first_unpicklable, remote_error
+from ._worker import remote_error
 
 __all__ = ["assign", "make_chunk", "outcome_of", "pick", "read", "resplit", "run_on_chunks", "take"]
 
@@ -116,16 +115,5 @@ def run_on_chunks(spec: bytes | Payload, caller: str, index: int, *chunks: Array
             obj = obj.view()
             obj.flags.writeable = False
         args.append(obj)
-    packed: bytes | None = None
-    error: RemoteError | None = None
-    try:
-        value = kernel(*args, **kwargs)
-    except Exception as exc:
-        error = remote_error(exc, index)
-    else:
-        if value is not None:
-            try:
-                packed = _pickling.dumps(value)
-            except Exception:
-                error = first_unpicklable([(index, value)], "chunk")[1]
+    packed, error = call_kernel(kernel, args, kwargs, index)
     return (packed, error, *views)

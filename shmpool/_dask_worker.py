@@ -22,7 +22,7 @@ from ._active import mark_worker_process
 from ._protocol import RemoteError
 from ._worker import first_unpicklable, remote_error
 
-__all__ = ["Payload", "enter_worker", "origin", "run_call", "run_chunk", "run_items"]
+__all__ = ["Payload", "call_kernel", "enter_worker", "origin", "run_call", "run_chunk", "run_items"]
 
 Array = np.ndarray  # type: ignore[type-arg]
 
@@ -115,6 +115,23 @@ def _element_diff(pristine: Array, private: Array) -> tuple[Array, Array] | None
     return changed, np.ascontiguousarray(private).reshape(-1)[changed]
 
 
+def call_kernel(
+    kernel: Any, args: list[Any], kwargs: dict[str, Any], index: int
+) -> tuple[bytes | None, RemoteError | None]:
+    """Run the kernel on chunk ``index``: its pickled return value (None for None), or the
+    error it raised, or the error that its return value cannot be pickled."""
+    try:
+        value = kernel(*args, **kwargs)
+    except Exception as exc:
+        return None, remote_error(exc, index)
+    if value is None:
+        return None, None
+    try:
+        return _pickling.dumps(value), None
+    except Exception:
+        return None, first_unpicklable([(index, value)], "chunk")[1]
+
+
 def run_chunk(payload: Payload, index: int, arrays: tuple[Array, ...]) -> tuple[Any, ...]:
     """Run the kernel on one chunk: ``(result bytes, changed chunks, whole() diffs, error)``.
 
@@ -152,18 +169,7 @@ def run_chunk(payload: Payload, index: int, arrays: tuple[Array, ...]) -> tuple[
         elif isinstance(obj, np.ndarray) and obj.flags.writeable and position in read_only_wholes:
             obj.flags.writeable = False
         args.append(obj)
-    error: RemoteError | None = None
-    packed: bytes | None = None
-    try:
-        value = kernel(*args, **kwargs)
-    except Exception as exc:
-        error = remote_error(exc, index)
-    else:
-        if value is not None:
-            try:
-                packed = _pickling.dumps(value)
-            except Exception:
-                error = first_unpicklable([(index, value)], "chunk")[1]
+    packed, error = call_kernel(kernel, args, kwargs, index)
     del args
     # Changes are sent back after an error too: SharedPool keeps what a failing chunk wrote.
     changed = tuple((slot, views[slot]) for slot, old in before.items() if not _same_bytes(old, views[slot]))
