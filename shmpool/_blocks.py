@@ -2,7 +2,7 @@
 
 Each block is a file in the pool's block folder (see :mod:`shmpool._segments`), mapped here
 and registered with :mod:`shmpool._arrays` so that any array on it can be found by address.
-The pool's :class:`~shmpool._segments.BlockManager` owns every block from the moment it is
+The pool's :class:`~shmpool._manager.BlockManager` owns every block from the moment it is
 made: it unlinks them on :meth:`BlockStore.free`, at shutdown and when this process dies.
 
 Lifetime. Every array handed out is built on a *lease*: a small buffer object over the
@@ -33,9 +33,11 @@ from collections.abc import Callable
 import numpy as np
 
 from . import _arrays
+from ._block_files import unlink_quietly
 from ._cache import BlockCache
 from ._detach import detach
-from ._segments import BlockManager, create_block, free_bytes, map_fd, unlink_quietly
+from ._manager import BlockManager
+from ._segments import create_block, free_bytes, map_fd
 from .errors import ManagerError, PoolClosedError, SharedMemoryFullError
 
 __all__ = ["BlockStore"]

@@ -65,9 +65,7 @@ Where each part lives (each docstring says more; none imports this module): here
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import os
 import pickle
 import threading
 from collections.abc import Callable
@@ -80,7 +78,15 @@ from ._helpers import Helpers
 from ._protocol import InitFailed, MapDone, MapJob, Ready, Release, Stop, TaskDone
 from ._remote import rebuild_error
 from ._slots import SlotControl, SlotTable
-from ._workerproc import Watcher, Worker, describe_exit, start_worker
+from ._workerproc import (
+    WakeupPipe,
+    Watcher,
+    Worker,
+    describe_exit,
+    kill_processes,
+    reap_processes,
+    start_worker,
+)
 from .errors import PoolClosedError, WorkerCrashedError
 
 __all__ = ["Dispatcher", "MapCall", "SlotControl", "TaskCall"]
@@ -119,9 +125,7 @@ class Dispatcher:
         self.broken: BaseException | None = None
         self._startup_deaths = 0
         self._helpers = Helpers()
-        self._wakeup_r, self._wakeup_w = os.pipe()
-        # The wake-up pipe is closed by whichever of shutdown() and the supervisor ends last.
-        self._ends_left = 2
+        self._wakeup = WakeupPipe()
         self._workers = [self._start_worker(i) for i in range(workers)]
         self._supervisor = threading.Thread(target=self._supervise, name="shmpool-supervisor", daemon=True)
         self._supervisor.start()
@@ -244,9 +248,7 @@ class Dispatcher:
                 call.failure = PoolClosedError("the call was stopped before it started")
                 finished = self._book.maybe_finish(call)
         self._notify(finished)
-        for worker in stuck:
-            with contextlib.suppress(OSError, ValueError, AttributeError):
-                worker.process.kill()
+        kill_processes(stuck)
 
     def release(self, paths: tuple[str, ...]) -> None:
         """Tell every worker to unmap these freed blocks."""
@@ -261,7 +263,7 @@ class Dispatcher:
     # ---- the supervisor -----------------------------------------------------------------
 
     def _supervise(self) -> None:
-        watcher = Watcher(self._wakeup_r)
+        watcher = Watcher(self._wakeup.read_fd)
         with self._lock:
             for worker in self._workers:
                 if worker.alive:
@@ -285,10 +287,10 @@ class Dispatcher:
                         if replacement is not None:
                             watcher.watch(replacement)
                 if woken:
-                    os.read(self._wakeup_r, 4096)
+                    self._wakeup.drain()
         finally:
             watcher.close()
-            self._end_of_wakeup_pipe()
+            self._wakeup.end_of_user()
 
     def _receive(self, worker: Worker) -> bool:
         """Handle one message from ``worker``; False when its pipe is closed."""
@@ -397,18 +399,6 @@ class Dispatcher:
         self._sends(sends)
         return replacement
 
-    def _wake(self) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self._wakeup_w, b"x")
-
-    def _end_of_wakeup_pipe(self) -> None:
-        with self._lock:
-            self._ends_left -= 1
-            last = self._ends_left == 0
-        if last:
-            os.close(self._wakeup_r)
-            os.close(self._wakeup_w)
-
     # ---- shutdown -----------------------------------------------------------------------
 
     def shutdown(self, *, kill: bool) -> None:
@@ -427,9 +417,7 @@ class Dispatcher:
                     if call.started and call.real >= 0:
                         self._block.cancel(call.real)
         if kill:
-            for w in workers:
-                with contextlib.suppress(OSError, ValueError, AttributeError):
-                    w.process.kill()
+            kill_processes(workers)
         else:
             for call in calls:
                 call.done.wait()
@@ -438,16 +426,7 @@ class Dispatcher:
                 workers = list(self._workers)  # replacements started meanwhile
             for w in workers:
                 self._send(w, stop)
-        for w in workers:
-            w.process.join(timeout=JOIN_TIMEOUT_S)
-            if w.process.exitcode is None:
-                w.process.kill()
-                w.process.join(timeout=JOIN_TIMEOUT_S)
-            # Once more, the status known: a join that raced the supervisor's reaping
-            # (Popen.poll is not thread-safe: the loser's waitpid gets ECHILD) leaves the
-            # process, and its pipes, in multiprocessing's set of children.
-            with contextlib.suppress(OSError, ValueError):
-                w.process.join(timeout=0)
+        reap_processes(workers, JOIN_TIMEOUT_S)
         with self._lock:
             for w in workers:
                 w.mark_dead()
@@ -455,10 +434,10 @@ class Dispatcher:
                 PoolClosedError("the pool was shut down before this call finished")
             )
         self._notify(finished)
-        self._wake()
+        self._wakeup.wake()
         if threading.current_thread() is not self._supervisor:
             self._supervisor.join(timeout=JOIN_TIMEOUT_S)
         for w in workers:
             w.conn.close()
         self._helpers.close(JOIN_TIMEOUT_S)
-        self._end_of_wakeup_pipe()
+        self._wakeup.end_of_user()

@@ -10,9 +10,10 @@ from importlib import metadata
 
 import numpy as np
 
+from ._block_files import BlockEntry, pid_alive, scan_blocks
 from ._kernel import default_pool_kind
 from ._pages import huge_pages_line
-from ._segments import TEMP_FOLDER_ENV, BlockEntry, block_folder, free_bytes, pid_alive, scan_blocks
+from ._segments import TEMP_FOLDER_ENV, block_folder, free_bytes
 from ._sizing import cpu_limits
 from .pool import default_start_method
 

@@ -29,7 +29,16 @@ from ._helpers import Helpers
 from ._lifeline import forget_in_forked_children
 from ._worker import worker_main
 
-__all__ = ["EXIT_STATUS_WAIT_S", "Watcher", "Worker", "describe_exit", "start_worker"]
+__all__ = [
+    "EXIT_STATUS_WAIT_S",
+    "WakeupPipe",
+    "Watcher",
+    "Worker",
+    "describe_exit",
+    "kill_processes",
+    "reap_processes",
+    "start_worker",
+]
 
 _POLL_MASK = select.POLLIN | select.POLLHUP | select.POLLERR
 
@@ -205,3 +214,53 @@ class Watcher:
         """Stop watching: close the pidfds still open."""
         for worker in list(self._ours):
             self.unwatch(worker)
+
+
+class WakeupPipe:
+    """A pipe that wakes the supervisor's poll from another thread. Two users hold it (the
+    supervisor and shutdown); whichever of them ends last closes it."""
+
+    def __init__(self) -> None:
+        self.read_fd, self._write_fd = os.pipe()
+        self._users_left = 2
+        self._lock = threading.Lock()
+
+    def wake(self) -> None:
+        """Make the read end readable (a no-op once closed)."""
+        with contextlib.suppress(OSError):
+            os.write(self._write_fd, b"x")
+
+    def drain(self) -> None:
+        """Read what wakes wrote, so that the next poll waits again."""
+        os.read(self.read_fd, 4096)
+
+    def end_of_user(self) -> None:
+        """One user is done with the pipe; the second closes both ends."""
+        with self._lock:
+            self._users_left -= 1
+            last = self._users_left == 0
+        if last:
+            os.close(self.read_fd)
+            os.close(self._write_fd)
+
+
+def kill_processes(workers: list[Worker]) -> None:
+    """SIGKILL every worker's process that is still there."""
+    for w in workers:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            w.process.kill()
+
+
+def reap_processes(workers: list[Worker], timeout: float) -> None:
+    """Wait up to ``timeout`` for each worker's process to end, kill it if it has not, and
+    reap it, so that neither it nor its pipes stay in multiprocessing's set of children."""
+    for w in workers:
+        w.process.join(timeout=timeout)
+        if w.process.exitcode is None:
+            w.process.kill()
+            w.process.join(timeout=timeout)
+        # Once more, the status known: a join that raced the supervisor's reaping
+        # (Popen.poll is not thread-safe: the loser's waitpid gets ECHILD) leaves the
+        # process, and its pipes, in multiprocessing's set of children.
+        with contextlib.suppress(OSError, ValueError):
+            w.process.join(timeout=0)

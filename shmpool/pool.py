@@ -2,7 +2,7 @@
 
 :class:`SharedPool` is the front end (:class:`shmpool._frontend.Pool`) over
 :class:`ProcessBackend`, which wires the pieces together: the block store and its manager
-process (:mod:`shmpool._blocks`, :mod:`shmpool._segments`), the workers and their
+process (:mod:`shmpool._blocks`, :mod:`shmpool._segments`, :mod:`shmpool._manager`), the workers and their
 supervisor (:mod:`shmpool._dispatch`), and the maps and streams (:mod:`shmpool._procmap`).
 
 Teardown (close, terminate, garbage collection of an unclosed pool, interpreter exit) is
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ._backend import ItemStream, MapRun
+from ._block_files import sweep_dead_blocks, unlink_quietly
 from ._blocks import BlockStore
 from ._cache import default_cache_bytes
 from ._checks import ItemRequest, MapRequest, check_callable
@@ -29,18 +30,11 @@ from ._control import ControlBlock
 from ._dispatch import Dispatcher
 from ._frontend import Pool
 from ._lifeline import forget_in_forked_children
+from ._manager import BlockManager
 from ._pickling import dumps_or_raise
 from ._procmap import ProcessMapRun, ProcessStream
 from ._progress import resolve_progress
-from ._segments import (
-    BlockManager,
-    block_folder,
-    create_block,
-    new_pool_tag,
-    raise_fd_limit,
-    sweep_dead_blocks,
-    unlink_quietly,
-)
+from ._segments import block_folder, create_block, new_pool_tag, raise_fd_limit
 from ._sizing import check_workers
 from .errors import PoolClosedError
 

@@ -33,7 +33,7 @@ import psutil
 import pytest
 
 import shmpool
-from shmpool import _info, _segments
+from shmpool import _block_files, _info, _segments
 
 from . import kernels
 from .conftest import assert_clean_stderr, run_script
@@ -144,7 +144,7 @@ def test_sweep_removes_only_this_users_dead_blocks(plant: Plant) -> None:
     mine_live = plant.name(os.getpid())
     mine_live.write_bytes(b"x")
     before = plant.snapshot()
-    assert _segments.sweep_dead_blocks(str(plant.folder)) == [str(mine_dead)]
+    assert _block_files.sweep_dead_blocks(str(plant.folder)) == [str(mine_dead)]
     plant.assert_untouched(before)
     assert mine_live.exists() and not mine_dead.exists()
     mine_live.unlink()
@@ -155,13 +155,13 @@ def test_sweep_as_root_spares_a_strangers_file_whatever_its_pid(plant: Plant) ->
     theirs = plant.name(_a_dead_pid())
     theirs.write_bytes(b"theirs")
     os.chown(theirs, STRANGER, STRANGER)
-    assert _segments.sweep_dead_blocks(str(plant.folder)) == []
+    assert _block_files.sweep_dead_blocks(str(plant.folder)) == []
     assert theirs.read_bytes() == b"theirs"
 
 
 def test_scan_reports_kinds_and_owners_without_following_links(plant: Plant) -> None:
     plant.everything(_a_dead_pid())
-    entries = {Path(e.path): e for e in _segments.scan_blocks(str(plant.folder))}
+    entries = {Path(e.path): e for e in _block_files.scan_blocks(str(plant.folder))}
     assert set(entries) == set(plant.paths)
     kinds = sorted(e.kind for e in entries.values())
     assert kinds == ["FIFO", "directory", "file", "socket", "symlink", "symlink", "symlink"]
@@ -190,7 +190,7 @@ def test_create_block_never_follows_a_planted_symlink(plant: Plant, monkeypatch:
     link.symlink_to(plant.victim)
     os.chown(link, STRANGER, STRANGER, follow_symlinks=False)
     names = iter(["a" * 12, "b" * 12])
-    monkeypatch.setattr(_segments.secrets, "token_hex", lambda n: next(names))
+    monkeypatch.setattr(_block_files.secrets, "token_hex", lambda n: next(names))
     path, mapping = _segments.create_block(str(plant.folder), 4096, "abcd")
     try:
         assert path == str(plant.folder / f"shmpool_{os.getpid()}_abcd_{'b' * 12}")
@@ -360,7 +360,7 @@ def test_describe_block_names_a_reused_pid(plant: Plant) -> None:
     try:
         block = plant.name(sleeper.pid)
         block.write_bytes(b"x")
-        (entry,) = _segments.scan_blocks(str(plant.folder))
+        (entry,) = _block_files.scan_blocks(str(plant.folder))
         assert "now a process of uid 65534" in _info.describe_block(entry)
     finally:
         sleeper.kill()

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 import shmpool
-from shmpool import _segments
+from shmpool import _block_files, _segments
 
 from . import kernels
 from .conftest import assert_clean_stderr, shm_entries
@@ -130,7 +130,7 @@ def test_sweep_spares_live_owners(tmp_path: Path) -> None:
     theirs.write_bytes(b"x")
     other = tmp_path / "not_ours"
     other.write_bytes(b"x")
-    assert _segments.sweep_dead_blocks(str(tmp_path)) == [str(theirs)]
+    assert _block_files.sweep_dead_blocks(str(tmp_path)) == [str(theirs)]
     assert mine.exists() and other.exists() and not theirs.exists()
 
 
