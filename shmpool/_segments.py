@@ -7,6 +7,9 @@ keeps the resource tracker out of the picture (no attach-registers-the-segment b
 Python 3.13, https://github.com/python/cpython/issues/82300) and lets a file-backed folder
 stand in for ``/dev/shm`` when that is too small.
 
+How much room a folder has (its free space and, for ``/dev/shm``, the container's memory
+headroom) and where blocks go when the default ``/dev/shm`` is full: :mod:`shmpool._space`.
+
 Who owns a block once made: :mod:`shmpool._manager`. How blocks are named, found and swept
 without touching anyone else's files: :mod:`shmpool._block_files`.
 """
@@ -22,12 +25,14 @@ import tempfile
 
 from ._block_files import block_name, unlink_quietly
 from ._pages import HUGE_PAGE, huge_page_plan
+from ._space import fallback_folder, folder_space, memory_backed
 from .errors import SharedMemoryFullError
 
 __all__ = [
     "TEMP_FOLDER_ENV",
     "block_folder",
     "create_block",
+    "fallback_for",
     "free_bytes",
     "map_fd",
     "new_pool_tag",
@@ -59,21 +64,49 @@ def block_folder(temp_folder: str | os.PathLike[str] | None = None) -> str:
     return tempfile.gettempdir()
 
 
+def fallback_for(temp_folder: str | os.PathLike[str] | None = None) -> str | None:
+    """Where blocks go when the default folder is full: a file-backed folder on disk, but
+    only when the user chose no folder (neither ``temp_folder`` nor ``$SHMPOOL_TEMP_FOLDER``:
+    a folder chosen is a folder meant, and a full one raises) and the default is memory."""
+    if temp_folder is not None or os.environ.get(TEMP_FOLDER_ENV):
+        return None
+    folder = block_folder()
+    if not memory_backed(folder):
+        return None
+    fallback = fallback_folder()
+    return None if fallback == folder else fallback
+
+
 def free_bytes(folder: str) -> int:
-    """Bytes an unprivileged process may still allocate in ``folder``."""
-    st = os.statvfs(folder)
-    return st.f_bavail * st.f_frsize
+    """Bytes an unprivileged process may still allocate in ``folder``: its free space, and
+    for a memory-backed folder no more than the memory cgroup's headroom."""
+    return folder_space(folder).free
 
 
 def _full_error(folder: str, requested: int, available: int) -> SharedMemoryFullError:
-    fix = (
-        "Give the container a larger /dev/shm (docker run --shm-size=8g, or a Kubernetes "
-        "emptyDir with medium: Memory), free some blocks (pool.free), or put blocks in a "
-        f"file-backed folder: SharedPool(temp_folder=...) or ${TEMP_FOLDER_ENV}."
-    )
+    space = folder_space(folder)
+    memory = space.memory
+    if memory is not None and memory.headroom is not None and memory.headroom < space.folder_free:
+        why = (
+            f"the folder has {space.folder_free:,} bytes free, but this process's memory cgroup "
+            f"limit ({memory.limit:,} bytes, {memory.source}) leaves room for only "
+            f"{memory.headroom:,}: pages in {folder} count against that limit, and past it the "
+            "out-of-memory killer would end a process"
+        )
+        fix = (
+            "Raise the container's memory limit (docker run --memory=..., a Kubernetes "
+            "resources.limits.memory), free some blocks (pool.free), or put blocks in a "
+            f"file-backed folder: SharedPool(temp_folder=...) or ${TEMP_FOLDER_ENV}."
+        )
+    else:
+        why = f"only {available:,} bytes are free"
+        fix = (
+            "Give the container a larger /dev/shm (docker run --shm-size=8g, or a Kubernetes "
+            "emptyDir with medium: Memory), free some blocks (pool.free), or put blocks in a "
+            f"file-backed folder: SharedPool(temp_folder=...) or ${TEMP_FOLDER_ENV}."
+        )
     return SharedMemoryFullError(
-        f"cannot allocate {requested:,} bytes of shared memory in {folder}: "
-        f"only {available:,} bytes are free. {fix}",
+        f"cannot allocate {requested:,} bytes of shared memory in {folder}: {why}. {fix}",
         requested=requested,
         available=available,
         folder=folder,
