@@ -17,6 +17,12 @@ Reuse. A returned block joins the cache (:mod:`shmpool._cache`): it stays mapped
 in the workers that used it, with its pages faulted, and the next allocation or staging
 copy of a fitting size takes it. The cache gives way (its blocks truncated, unlinked and
 unmapped everywhere) before a full folder is reported, and is bounded.
+
+Fallback. When the default folder (``/dev/shm``) cannot hold a block even after the cache
+gave way, and the user chose no folder, the block goes to a file-backed folder on disk
+(:func:`shmpool._segments.fallback_for`), with one warning per pool. Later allocations try
+the default folder first again, so a pool may hold blocks in both; the manager owns
+blocks by path, wherever they are.
 """
 
 from __future__ import annotations
@@ -26,7 +32,10 @@ import contextlib
 import itertools
 import math
 import os
+import sys
 import threading
+import types
+import warnings
 import weakref
 from collections.abc import Callable
 
@@ -38,7 +47,7 @@ from ._cache import BlockCache
 from ._detach import detach
 from ._manager import BlockManager
 from ._segments import create_block, free_bytes, map_fd
-from .errors import ManagerError, PoolClosedError, SharedMemoryFullError
+from .errors import ManagerError, PoolClosedError, SharedMemoryFallbackWarning, SharedMemoryFullError
 
 __all__ = ["BlockStore"]
 
@@ -49,8 +58,11 @@ class BlockStore:
     """The blocks one pool holds (handed out, returned and cached), in the process that
     made them."""
 
-    def __init__(self, folder: str, tag: str, cache_bytes: int):
+    def __init__(self, folder: str, tag: str, cache_bytes: int, fallback: str | None = None):
         self.folder = folder
+        # Where blocks that do not fit in ``folder`` go (None: nowhere, a full folder raises).
+        self.fallback = fallback
+        self._fell_back = False  # warned already
         self.tag = tag
         self.manager: BlockManager | None = None
         # Tells the workers that blocks were freed (the dispatcher's release), once started.
@@ -118,15 +130,20 @@ class BlockStore:
         return self.new_array(like.shape, like.dtype, "C", zero=False)
 
     def _new_block(self, nbytes: int) -> _arrays.Mapping:
+        folder = self.folder
         while True:
             try:
-                path, mapping = create_block(self.folder, nbytes, self.tag)
+                path, mapping = create_block(folder, nbytes, self.tag)
                 break
-            except SharedMemoryFullError:
+            except SharedMemoryFullError as exc:
                 # Cached blocks are only a speed-up: they give way before the caller is told
                 # the folder is full (a small /dev/shm, a Docker container's 64 MB).
-                if not self._give_way(nbytes):
+                if self._give_way(nbytes, folder):
+                    continue
+                if folder != self.folder or self.fallback is None:
                     raise
+                folder = self.fallback
+                self._warn_fallback(exc)
         try:
             if self.manager is None:
                 raise ManagerError("no manager")
@@ -187,19 +204,38 @@ class BlockStore:
                 self._tainted.add(path)
                 self._cache.remove(path)
 
-    def _give_way(self, need: int) -> bool:
-        """Free cached blocks, oldest first, until ``need`` bytes are free or none are
-        left; whether any were freed. When even all of them would not make room, none
-        is freed: the allocation fails either way, and the cache stays warm."""
+    def _warn_fallback(self, exc: SharedMemoryFullError) -> None:
+        if self._fell_back:
+            return
+        self._fell_back = True
+        # Point the warning at the user's call, past shmpool's own frames.
+        level = 1
+        frame: types.FrameType | None = sys._getframe(0)
+        while frame is not None and frame.f_globals.get("__name__", "").startswith("shmpool."):
+            frame, level = frame.f_back, level + 1
+        warnings.warn(
+            f"shared memory is short, so this pool puts the blocks that do not fit in "
+            f"{exc.folder} in {self.fallback}, a file-backed folder on disk, from now on: slower "
+            "(its pages are written back to the disk), but no process is killed. Why: "
+            f"{exc} (A folder you choose is never fallen back from: a full one raises.)",
+            SharedMemoryFallbackWarning,
+            stacklevel=level,
+        )
+
+    def _give_way(self, need: int, folder: str) -> bool:
+        """Free cached blocks of ``folder``, oldest first, until ``need`` bytes are free
+        there or none are left; whether any were freed. When even all of them would not
+        make room, none is freed: the allocation fails either way, and the cache stays warm."""
         self._collect()
+        prefix = os.path.join(folder, "")
         with self._lock:
-            cached = self._cache.bytes
-        if free_bytes(self.folder) + cached < need:
+            cached = self._cache.bytes_under(prefix)
+        if free_bytes(folder) + cached < need:
             return False
         freed = False
-        while free_bytes(self.folder) < need:
+        while free_bytes(folder) < need:
             with self._lock:
-                path = self._cache.pop_oldest() if len(self._cache) else None
+                path = self._cache.pop_oldest_under(prefix)
             if path is None:
                 break
             self.free(path)

@@ -99,6 +99,17 @@ class BlockCache:
         self.bytes -= size
         return path
 
+    def bytes_under(self, prefix: str) -> int:
+        """The bytes of the cached blocks whose paths start with ``prefix`` (one folder's)."""
+        return sum(size for path, size in self._sizes.items() if path.startswith(prefix))
+
+    def pop_oldest_under(self, prefix: str) -> str | None:
+        """Take out the least recently returned block under ``prefix``, if there is one."""
+        path = next((p for p in self._sizes if p.startswith(prefix)), None)
+        if path is not None:
+            self.remove(path)
+        return path
+
     def clear(self) -> list[str]:
         """Take out every block; return them."""
         paths = list(self._sizes)

@@ -109,8 +109,11 @@ class Dispatcher:
         control: ControlBlock,
         control_path: str,
         init_payload: bytes | None,
+        *,
+        worker_env: dict[str, str] | None = None,
     ):
         self._ctx = ctx
+        self._worker_env = worker_env
         self._count = workers
         self._block = control
         self._control_path = control_path
@@ -133,7 +136,9 @@ class Dispatcher:
     # ---- workers ------------------------------------------------------------------------
 
     def _start_worker(self, index: int) -> Worker:
-        return start_worker(self._ctx, index, self._count, self._control_path, self._init_payload)
+        return start_worker(
+            self._ctx, index, self._count, self._control_path, self._init_payload, self._worker_env
+        )
 
     @property
     def pids(self) -> list[int]:

@@ -21,8 +21,8 @@ __all__ = ["describe_block", "info_lines", "library_versions"]
 
 # What a bug report needs besides Python and NumPy: shmpool's dependencies, then the
 # optional libraries it works with (only named when installed).
-_REQUIRED = ("cloudpickle", "tqdm")
-_OPTIONAL = ("dask", "distributed", "joblib", "threadpoolctl")
+_REQUIRED = ("cloudpickle", "tqdm", "threadpoolctl")
+_OPTIONAL = ("dask", "distributed", "joblib")
 
 
 def library_versions() -> str:

@@ -26,6 +26,7 @@ from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 
 from ._helpers import Helpers
+from ._inner import environment
 from ._lifeline import forget_in_forked_children
 from ._worker import worker_main
 
@@ -124,9 +125,16 @@ class Worker:
 
 
 def start_worker(
-    ctx: BaseContext, index: int, count: int, control_path: str, init_payload: bytes | None
+    ctx: BaseContext,
+    index: int,
+    count: int,
+    control_path: str,
+    init_payload: bytes | None,
+    env: dict[str, str] | None = None,
 ) -> Worker:
-    """Start worker ``index`` of ``count``; it is not ready until it sends ``Ready``."""
+    """Start worker ``index`` of ``count``; it is not ready until it sends ``Ready``.
+    ``env``: variables the worker's environment gets from its very start (see
+    :func:`shmpool._inner.environment`)."""
     parent_conn, child_conn = ctx.Pipe(duplex=True)
     process = ctx.Process(  # type: ignore[attr-defined]
         target=worker_main,
@@ -134,7 +142,8 @@ def start_worker(
         name=f"shmpool-worker-{index}",
         daemon=True,
     )
-    process.start()
+    with environment(env):
+        process.start()
     forget_in_forked_children(process)
     child_conn.close()  # else the worker would never see EOF from our side
     return Worker(index, process, parent_conn)

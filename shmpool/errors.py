@@ -13,6 +13,7 @@ __all__ = [
     "KernelError",
     "ManagerError",
     "PoolClosedError",
+    "SharedMemoryFallbackWarning",
     "SharedMemoryFullError",
     "ShmpoolError",
     "WorkerCrashedError",
@@ -69,6 +70,11 @@ class SharedMemoryFullError(ShmpoolError, MemoryError):
 
 def _rebuild_full(message: str, requested: int, available: int, folder: str) -> SharedMemoryFullError:
     return SharedMemoryFullError(message, requested=requested, available=available, folder=folder)
+
+
+class SharedMemoryFallbackWarning(RuntimeWarning):
+    """A SharedPool put blocks in a file-backed folder on disk because the default
+    ``/dev/shm`` was too small (warned once per pool; the message says how to avoid it)."""
 
 
 class ManagerError(ShmpoolError, RuntimeError):

@@ -29,13 +29,14 @@ from ._checks import ItemRequest, MapRequest, check_callable
 from ._control import ControlBlock
 from ._dispatch import Dispatcher
 from ._frontend import Pool
+from ._inner import AUTO, check_inner_threads, thread_env, worker_start
 from ._lifeline import forget_in_forked_children
 from ._manager import BlockManager
 from ._pickling import dumps_or_raise
 from ._procmap import ProcessMapRun, ProcessStream
 from ._progress import resolve_progress
-from ._segments import block_folder, create_block, new_pool_tag, raise_fd_limit
-from ._sizing import check_workers
+from ._segments import block_folder, create_block, fallback_for, new_pool_tag, raise_fd_limit
+from ._sizing import check_workers, usable_cpus
 from .errors import PoolClosedError
 
 __all__ = ["START_METHODS", "ProcessBackend", "SharedPool", "default_start_method"]
@@ -63,10 +64,19 @@ class ProcessBackend:
     # imap chunksize="auto": a batch costs one message each way, a few microseconds.
     batch_target_s = 0.01
 
-    def __init__(self, workers: int, method: str, init_payload: bytes | None, folder: str, cache_bytes: int):
+    def __init__(
+        self,
+        workers: int,
+        method: str,
+        init_payload: bytes | None,
+        folder: str,
+        cache_bytes: int,
+        fallback: str | None = None,
+        worker_env: dict[str, str] | None = None,
+    ):
         self._workers = workers
         self.start_method = method
-        self.store = BlockStore(folder, new_pool_tag(), cache_bytes)
+        self.store = BlockStore(folder, new_pool_tag(), cache_bytes, fallback)
         self.dispatcher: Dispatcher | None = None
         self.control: ControlBlock | None = None
         self.control_path: str | None = None
@@ -75,7 +85,9 @@ class ProcessBackend:
         ctx = multiprocessing.get_context(method)
         if method == "forkserver":
             _preload_in_forkserver(ctx)
-        sweep_dead_blocks(folder)
+        for where in (folder, fallback):
+            if where is not None:
+                sweep_dead_blocks(where)
         raise_fd_limit()
         try:
             self.control_path, control_map = create_block(
@@ -87,7 +99,9 @@ class ProcessBackend:
                 # Fork the manager before the dispatcher starts its supervisor thread.
                 manager.start()
             # Under spawn and forkserver, workers boot while the manager starts.
-            self.dispatcher = Dispatcher(ctx, workers, self.control, self.control_path, init_payload)
+            self.dispatcher = Dispatcher(
+                ctx, workers, self.control, self.control_path, init_payload, worker_env=worker_env
+            )
             if method != "fork":
                 manager.start()
             manager_process = getattr(manager, "_process", None)  # no public handle
@@ -171,10 +185,13 @@ class SharedPool(Pool):
     ``start_method``: "fork", "spawn" or "forkserver" (default: :func:`default_start_method`).
     ``initializer(*initargs)`` runs once in each worker as it starts. ``progress`` is the
     default of every call's ``progress=`` option. ``temp_folder``: where blocks live
-    (default ``$SHMPOOL_TEMP_FOLDER``, else ``/dev/shm``); a folder on disk is a way out
-    when ``/dev/shm`` is too small. ``cache_bytes``: how much memory of arrays that are
+    (default ``$SHMPOOL_TEMP_FOLDER``, else ``/dev/shm``, with blocks that do not fit there
+    put in a file-backed folder on disk, :attr:`fallback_folder`, after one warning). ``cache_bytes``: how much memory of arrays that are
     gone the pool keeps mapped for reuse (default: a quarter of the folder, at most an
-    eighth of the machine's memory; 0 turns reuse off); see :meth:`trim`.
+    eighth of the machine's memory; 0 turns reuse off); see :meth:`trim`. ``inner_threads``:
+    how many threads each worker's BLAS and OpenMP pools may use (default "auto":
+    ``max(1, usable CPUs // workers)``, so the workers do not oversubscribe the CPUs; None
+    leaves the libraries alone).
 
     Use it as a context manager, or call :meth:`close`. Arrays it allocates stay valid
     after it is closed. Plain arrays passed to ``map`` are copied into shared memory first
@@ -191,8 +208,10 @@ class SharedPool(Pool):
         progress: bool | dict[str, Any] = False,
         temp_folder: str | os.PathLike[str] | None = None,
         cache_bytes: int | None = None,
+        inner_threads: int | str | None = AUTO,
     ):
         count = check_workers(workers)
+        inner = check_inner_threads(inner_threads, count, usable_cpus())
         method = default_start_method() if start_method is None else start_method
         if method not in START_METHODS:
             raise ValueError(f"start_method must be one of {START_METHODS} or None, got {start_method!r}")
@@ -201,14 +220,24 @@ class SharedPool(Pool):
         init_payload = None
         if initializer is not None:
             check_callable(initializer, "initializer")
-            init_payload = dumps_or_raise((initializer, tuple(initargs)), "the initializer and its initargs")
+        if initializer is not None or inner is not None:
+            # The thread limit rides in the initializer: it must run in the worker before
+            # any kernel, under every start method (see shmpool._inner).
+            init_payload = dumps_or_raise(
+                (worker_start, (inner, initializer, tuple(initargs))), "the initializer and its initargs"
+            )
+        # A spawned worker imports NumPy before the initializer runs: its BLAS reads these.
+        worker_env = thread_env(inner) if inner is not None and method == "spawn" else None
         folder = block_folder(temp_folder)
         if cache_bytes is None:
             cache_bytes = default_cache_bytes(folder)
         elif not isinstance(cache_bytes, int) or isinstance(cache_bytes, bool) or cache_bytes < 0:
             raise ValueError(f"cache_bytes must be a number of bytes >= 0 or None, got {cache_bytes!r}")
         resolve_progress(progress, None)  # before any process starts
-        self._processes = ProcessBackend(count, method, init_payload, folder, cache_bytes)
+        self._inner_threads = inner
+        self._processes = ProcessBackend(
+            count, method, init_payload, folder, cache_bytes, fallback_for(temp_folder), worker_env
+        )
         super().__init__(self._processes, progress=progress)
 
     @property
@@ -220,6 +249,18 @@ class SharedPool(Pool):
     def temp_folder(self) -> str:
         """The folder where this pool's blocks live."""
         return self._processes.store.folder
+
+    @property
+    def inner_threads(self) -> int | None:
+        """The thread limit of each worker's BLAS and OpenMP pools (None: left alone)."""
+        return self._inner_threads
+
+    @property
+    def fallback_folder(self) -> str | None:
+        """The file-backed folder on disk where blocks go when :attr:`temp_folder` is full,
+        or None when there is none (a folder chosen with ``temp_folder`` or
+        ``$SHMPOOL_TEMP_FOLDER``, or a default folder that is on disk already)."""
+        return self._processes.store.fallback
 
     @property
     def worker_pids(self) -> list[int]:
@@ -245,8 +286,9 @@ class SharedPool(Pool):
 
     @property
     def block_paths(self) -> list[str]:
-        """The files in :attr:`temp_folder` that this pool holds now: its arrays' blocks,
-        its cached blocks (kept for reuse) and its control block."""
+        """The files that this pool holds now, in :attr:`temp_folder` and in
+        :attr:`fallback_folder`: its arrays' blocks, its cached blocks (kept for reuse) and
+        its control block."""
         control = self._processes.control_path
         paths = self._processes.store.paths
         return [*paths, control] if control is not None and not self.closed else paths

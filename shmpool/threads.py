@@ -26,10 +26,11 @@ from ._active import enter_worker_thread, in_worker
 from ._backend import BatchOutcome, Failure, ItemBatch, ItemStream, MapOutcome, MapRun
 from ._checks import ItemRequest, MapRequest
 from ._frontend import Pool
+from ._inner import AUTO, ThreadLimiter, check_inner_threads
 from ._origin import attach_origin, traceback_text
 from ._owned import PrivateMemory
 from ._progress import resolve_progress
-from ._sizing import check_workers
+from ._sizing import check_workers, usable_cpus
 from .errors import PoolClosedError
 
 __all__ = ["ThreadBackend", "ThreadPool"]
@@ -66,13 +67,19 @@ class _ThreadMapRun:
         ]
         runners = min(backend.workers, self._count)
         self._active = runners
-        if runners == 0:
-            self._over.set()
-        elif in_worker():
-            self._runner()  # a map from inside a kernel: run here rather than wait on ourselves
-        else:
-            for _ in range(runners):
-                backend.submit(self._runner).add_done_callback(self._runner_ended)
+        self._limiter = backend.limiter
+        self._limiter.enter()  # BLAS limits are process-wide: lowered while the map runs
+        try:
+            if runners == 0:
+                self._over.set()
+            elif in_worker():
+                self._runner()  # a map from inside a kernel: run here rather than wait on ourselves
+            else:
+                for _ in range(runners):
+                    backend.submit(self._runner).add_done_callback(self._runner_ended)
+        except BaseException:
+            self._limiter.exit()
+            raise
 
     def _runner(self) -> None:
         kernel, kwargs, plan = self._request.kernel, self._request.kwargs, self._request.plan
@@ -127,6 +134,7 @@ class _ThreadMapRun:
         self._over.set()
 
     def finish(self) -> MapOutcome:
+        self._limiter.exit()
         with self._lock:
             self._stopped = True
             outcome = MapOutcome(list(self._results), self._run, 0, 0, list(self._errors))
@@ -198,13 +206,18 @@ class ThreadBackend(PrivateMemory):
     # imap chunksize="auto": a batch costs a queue hand-off, tens of microseconds.
     batch_target_s = 0.01
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, inner_threads: int | None = None):
         super().__init__()
         self._workers = workers
+        self.limiter = ThreadLimiter(inner_threads)
         self._executor = ThreadPoolExecutor(
-            workers, thread_name_prefix="shmpool-thread", initializer=enter_worker_thread
+            workers, thread_name_prefix="shmpool-thread", initializer=self._thread_start
         )
         self._closed = False
+
+    def _thread_start(self) -> None:
+        enter_worker_thread()
+        self.limiter.limit_thread()
 
     @property
     def workers(self) -> int:
@@ -245,9 +258,26 @@ class ThreadPool(Pool):
     of any arrays. ``workers`` defaults to the usable CPUs; ``progress`` is the default of
     every call's ``progress=`` option. A chunk running when its map times out or the pool
     is terminated cannot be killed: it runs to its end in its thread (its result dropped).
+    ``inner_threads``: how many threads BLAS and OpenMP may use in each of the pool's
+    threads (default "auto": ``max(1, usable CPUs // workers)``; None leaves them alone).
+    BLAS limits are process-wide, so they are lowered only while a map runs, and bind the
+    process's other threads meanwhile; OpenMP limits are set in the pool's threads only.
     """
 
-    def __init__(self, workers: int | None = None, *, progress: bool | dict[str, Any] = False):
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        progress: bool | dict[str, Any] = False,
+        inner_threads: int | str | None = AUTO,
+    ):
         count = check_workers(workers)
+        inner = check_inner_threads(inner_threads, count, usable_cpus())
         resolve_progress(progress, None)
-        super().__init__(ThreadBackend(count), progress=progress)
+        self._inner_threads = inner
+        super().__init__(ThreadBackend(count, inner), progress=progress)
+
+    @property
+    def inner_threads(self) -> int | None:
+        """The thread limit of BLAS and OpenMP in the pool's threads (None: left alone)."""
+        return self._inner_threads

@@ -15,6 +15,7 @@ EXPECTED = {
     "PoolClosedError",
     "PoolExecutor",
     "PoolStats",
+    "SharedMemoryFallbackWarning",
     "SharedMemoryFullError",
     "SharedPool",
     "ShmpoolError",
