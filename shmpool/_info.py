@@ -11,10 +11,12 @@ from importlib import metadata
 import numpy as np
 
 from ._block_files import BlockEntry, pid_alive, scan_blocks
+from ._inner import AUTO, THREAD_ENV_VARS, check_inner_threads
 from ._kernel import default_pool_kind
 from ._pages import huge_pages_line
-from ._segments import TEMP_FOLDER_ENV, block_folder, free_bytes
-from ._sizing import cpu_limits
+from ._segments import TEMP_FOLDER_ENV, block_folder, fallback_for
+from ._sizing import cpu_limits, memory_limit
+from ._space import folder_space, memory_backed
 from .pool import default_start_method
 
 __all__ = ["describe_block", "info_lines", "library_versions"]
@@ -78,6 +80,47 @@ def _cpus_line() -> str:
     )
 
 
+def _memory_line() -> str:
+    limit = memory_limit()
+    if limit.limit is None or limit.headroom is None:
+        return f"cgroup memory: {limit.source}"
+    return (
+        f"cgroup memory: limit {limit.limit / 2**30:.2f} GiB, headroom {limit.headroom / 2**30:.2f} GiB "
+        f"(limit less usage plus inactive page cache; {limit.source}): bounds shared memory in tmpfs folders"
+    )
+
+
+def _inner_line(workers: int) -> str:
+    """What a default SharedPool does to its workers' native thread pools, and what is
+    loaded in this process now."""
+    limit = check_inner_threads(AUTO, workers, workers)
+    try:
+        from threadpoolctl import threadpool_info
+
+        loaded = ", ".join(
+            f"{lib.get('internal_api')} {lib.get('num_threads')} threads" for lib in threadpool_info()
+        )
+    except ImportError:  # pragma: no cover - a dependency, but info must not fail
+        loaded = "threadpoolctl not installed"
+    set_here = [f"{name}={os.environ[name]}" for name in THREAD_ENV_VARS if name in os.environ]
+    return (
+        f"inner thread limit: {limit} per worker for a default SharedPool ({workers} workers: "
+        f"max(1, usable CPUs // workers); inner_threads= changes it, None leaves them alone); "
+        f"loaded here: {loaded or 'no BLAS/OpenMP'}; thread variables set here: {', '.join(set_here) or 'none'}"
+    )
+
+
+def _folder_line(what: str, folder: str) -> str:
+    st = os.statvfs(folder)
+    space = folder_space(folder)
+    kind = "memory (tmpfs)" if memory_backed(folder) else "file-backed"
+    bound = ", bounded by the cgroup memory headroom" if space.cgroup_bound else ""
+    return (
+        f"{what}: {folder} ({kind}); size {st.f_blocks * st.f_frsize / 2**30:.2f} GiB, "
+        f"folder free {space.folder_free / 2**30:.2f} GiB, free for blocks {space.free / 2**30:.2f} GiB{bound}"
+    )
+
+
 def info_lines() -> list[str]:
     """The diagnostic report, one line per fact."""
     from . import __version__
@@ -90,6 +133,8 @@ def info_lines() -> list[str]:
         f"start methods: {', '.join(multiprocessing.get_all_start_methods())}; "
         f"shmpool default: {default_start_method()}",
         _cpus_line(),
+        _memory_line(),
+        _inner_line(cpu_limits().usable),
         "default pool (what @shmpool.kernel runs on when no pool is open): {} because {}".format(
             *default_pool_kind()
         ),
@@ -101,11 +146,13 @@ def info_lines() -> list[str]:
     except ValueError as exc:
         lines.append(f"block folder: error: {exc}")
         return lines
-    st = os.statvfs(folder)
-    lines.append(
-        f"block folder: {folder}; size {st.f_blocks * st.f_frsize / 2**30:.2f} GiB, "
-        f"free {free_bytes(folder) / 2**30:.2f} GiB"
-    )
+    lines.append(_folder_line("block folder", folder))
+    fallback = fallback_for()
+    if fallback is None:
+        why = "a folder was chosen" if os.environ.get(TEMP_FOLDER_ENV) else "no file-backed folder found"
+        lines.append(f"fallback folder (when the block folder is full): none, {why}: a full folder raises")
+    else:
+        lines.append(_folder_line("fallback folder (when the block folder is full)", fallback))
     lines.append(huge_pages_line(folder))
     entries = scan_blocks(folder)
     ours = [e for e in entries if e.is_ours]

@@ -101,6 +101,22 @@ def environment(env: dict[str, str] | None) -> Iterator[None]:
                     os.environ[name] = value
 
 
+def _release_control() -> None:
+    """Let any thread change OpenBLAS's limit next.
+
+    threadpoolctl (3.6 and later) lets only the first thread that set OpenBLAS's
+    process-wide limit change it again, and silently ignores the others; a limit we set in
+    one thread must be restorable from another (a map_async ends on a helper thread), and
+    must not lock the user's own threads out. Older versions have no such rule.
+    """
+    import threadpoolctl
+
+    controller = getattr(threadpoolctl, "OpenBLASController", None)
+    clear = getattr(controller, "clear_controlling_thread", None)
+    if clear is not None:
+        clear()
+
+
 def limit_this_process(limit: int) -> None:
     """Limit this process's native thread pools to ``limit`` threads: the ones loaded now
     (threadpoolctl) and the ones loaded later (the environment variables)."""
@@ -108,6 +124,7 @@ def limit_this_process(limit: int) -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=limit)  # never restored: the process is a worker of ours
+    _release_control()
 
 
 def worker_start(limit: int | None, initializer: Any, initargs: tuple[Any, ...]) -> None:
@@ -162,6 +179,7 @@ class ThreadLimiter:
             if ThreadLimiter._active == 0:
                 controller = self._get_controller()
                 ThreadLimiter._restore = controller.limit(limits=self.limit, user_api="blas")
+                _release_control()
             ThreadLimiter._active += 1
 
     def exit(self) -> None:
@@ -173,3 +191,4 @@ class ThreadLimiter:
             if ThreadLimiter._active == 0 and ThreadLimiter._restore is not None:
                 ThreadLimiter._restore.restore_original_limits()
                 ThreadLimiter._restore = None
+                _release_control()
