@@ -131,6 +131,7 @@ class BlockStore:
 
     def _new_block(self, nbytes: int) -> _arrays.Mapping:
         folder = self.folder
+        first: SharedMemoryFullError | None = None  # the default folder's, once fallen back
         while True:
             try:
                 path, mapping = create_block(folder, nbytes, self.tag)
@@ -140,9 +141,11 @@ class BlockStore:
                 # the folder is full (a small /dev/shm, a Docker container's 64 MB).
                 if self._give_way(nbytes, folder):
                     continue
-                if folder != self.folder or self.fallback is None:
+                if first is not None:
+                    raise exc from first  # both full: the traceback shows both
+                if self.fallback is None:
                     raise
-                folder = self.fallback
+                first, folder = exc, self.fallback
                 self._warn_fallback(exc)
         try:
             if self.manager is None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import threadpoolctl
 
 import shmpool
 from shmpool import _info, _segments, _sizing, _space
@@ -193,3 +194,24 @@ def test_the_headroom_sends_blocks_to_the_fallback_folder(
         pool.map(np.add, big, shmpool.whole(1.0), big)
         assert big.sum() == MiB
     assert not [n for n in os.listdir(disk) if n.startswith("shmpool_")]
+
+
+def test_info_reports_each_figure_and_its_source(
+    cgroup_headroom: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv(_segments.TEMP_FOLDER_ENV, raising=False)
+    lines = {line.split(":", 1)[0]: line for line in _info.info_lines()}
+    memory = lines["cgroup memory"]
+    assert "limit 0.06 GiB" in memory and "headroom 0.00 GiB" in memory and "memory.max" in memory
+    folder = lines["block folder"]
+    assert "/dev/shm (memory (tmpfs))" in folder and "bounded by the cgroup memory headroom" in folder
+    fallback = lines["fallback folder (when the block folder is full)"]
+    assert f"{tmp_path} (file-backed)" in fallback and "bounded" not in fallback
+    inner = lines["inner thread limit"]
+    assert f"{max(1, shmpool.usable_cpus() // shmpool.usable_cpus())} per worker" in inner
+    for lib in threadpoolctl.threadpool_info():  # NumPy's BLAS, as threadpoolctl finds it
+        assert f"{lib['internal_api']} {lib['num_threads']} threads" in inner
+    monkeypatch.setenv(_segments.TEMP_FOLDER_ENV, str(tmp_path))
+    lines = {line.split(":", 1)[0]: line for line in _info.info_lines()}
+    assert "none, a folder was chosen" in lines["fallback folder (when the block folder is full)"]
