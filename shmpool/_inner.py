@@ -33,6 +33,7 @@ __all__ = [
     "THREAD_ENV_VARS",
     "ThreadLimiter",
     "check_inner_threads",
+    "controller",
     "environment",
     "limit_this_process",
     "thread_env",
@@ -111,19 +112,38 @@ def _release_control() -> None:
     """
     import threadpoolctl
 
-    controller = getattr(threadpoolctl, "OpenBLASController", None)
-    clear = getattr(controller, "clear_controlling_thread", None)
+    openblas = getattr(threadpoolctl, "OpenBLASController", None)
+    clear = getattr(openblas, "clear_controlling_thread", None)
     if clear is not None:
         clear()
+
+
+_controller: Any = None
+_controller_lock = threading.Lock()
+
+
+def controller() -> Any:
+    """This process's threadpoolctl controller, made once.
+
+    Finding the loaded libraries costs milliseconds (and importing threadpoolctl about
+    ten): a pool makes it in the parent before its workers start, so that workers forked
+    from it inherit it (a worker start costs microseconds more, not tens of milliseconds).
+    Libraries loaded after it was made read the environment variables instead.
+    """
+    global _controller
+    with _controller_lock:
+        if _controller is None:
+            from threadpoolctl import ThreadpoolController
+
+            _controller = ThreadpoolController()
+        return _controller
 
 
 def limit_this_process(limit: int) -> None:
     """Limit this process's native thread pools to ``limit`` threads: the ones loaded now
     (threadpoolctl) and the ones loaded later (the environment variables)."""
     os.environ.update(thread_env(limit))
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(limits=limit)  # never restored: the process is a worker of ours
+    controller().limit(limits=limit)  # never restored: the process is a worker of ours
     _release_control()
 
 
@@ -148,28 +168,16 @@ class ThreadLimiter:
     _lock = threading.Lock()
     _active = 0
     _restore: Any = None
-    _controller: Any = None
 
     def __init__(self, limit: int | None):
         self.limit = limit
-
-    @classmethod
-    def _get_controller(cls) -> Any:
-        # Finding the loaded libraries costs about a millisecond; it is done once per
-        # process, so libraries loaded after a ThreadPool's first map are not limited by it.
-        if cls._controller is None:
-            from threadpoolctl import ThreadpoolController
-
-            cls._controller = ThreadpoolController()
-        return cls._controller
 
     def limit_thread(self) -> None:
         """In a pool thread: lower this thread's OpenMP limit to ``limit``."""
         if self.limit is None:
             return
         with ThreadLimiter._lock:
-            controller = self._get_controller()
-            controller.select(user_api="openmp").limit(limits=self.limit)
+            controller().select(user_api="openmp").limit(limits=self.limit)
 
     def enter(self) -> None:
         """A map starts: lower the process-wide BLAS limits, if it is the first."""
@@ -177,8 +185,9 @@ class ThreadLimiter:
             return
         with ThreadLimiter._lock:
             if ThreadLimiter._active == 0:
-                controller = self._get_controller()
-                ThreadLimiter._restore = controller.limit(limits=self.limit, user_api="blas")
+                # The libraries loaded when the process's controller was made (see
+                # controller()): one loaded later is limited by nothing here.
+                ThreadLimiter._restore = controller().limit(limits=self.limit, user_api="blas")
                 _release_control()
             ThreadLimiter._active += 1
 

@@ -29,7 +29,7 @@ from ._checks import ItemRequest, MapRequest, check_callable
 from ._control import ControlBlock
 from ._dispatch import Dispatcher
 from ._frontend import Pool
-from ._inner import AUTO, check_inner_threads, thread_env, worker_start
+from ._inner import AUTO, check_inner_threads, controller, thread_env, worker_start
 from ._lifeline import forget_in_forked_children
 from ._manager import BlockManager
 from ._pickling import dumps_or_raise
@@ -228,6 +228,8 @@ class SharedPool(Pool):
             )
         # A spawned worker imports NumPy before the initializer runs: its BLAS reads these.
         worker_env = thread_env(inner) if inner is not None and method == "spawn" else None
+        if inner is not None and method == "fork":
+            controller()  # made once here, inherited by every forked worker
         folder = block_folder(temp_folder)
         if cache_bytes is None:
             cache_bytes = default_cache_bytes(folder)
@@ -300,5 +302,7 @@ def _preload_in_forkserver(ctx: Any) -> None:
     from multiprocessing import forkserver
 
     current = list(getattr(forkserver._forkserver, "_preload_modules", ["__main__"]))
-    if "shmpool._worker" not in current:
-        ctx.set_forkserver_preload([*current, "shmpool._worker"])
+    # threadpoolctl too: every worker imports it to limit its thread pools (shmpool._inner).
+    missing = [name for name in ("shmpool._worker", "threadpoolctl") if name not in current]
+    if missing:
+        ctx.set_forkserver_preload([*current, *missing])
