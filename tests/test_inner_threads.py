@@ -4,6 +4,9 @@ checked from inside the workers with threadpoolctl; ThreadPool limits them while
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -131,3 +134,20 @@ def test_thread_pool_limits_blas_while_a_map_runs() -> None:
         assert set(pool.map(lambda x: _blas_threads(), np.zeros(4))) == {expected}
         assert set(first.result()) == {expected}
     assert _blas_threads() == before
+
+
+def test_the_benchmark_runs_and_reports_the_threads_each_worker_had() -> None:
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "inner_threads.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    limited = max(1, shmpool.usable_cpus() // 2)
+    assert (
+        "shmpool limited" in done.stdout
+        and f"inner_threads={limited}: [{limited}] BLAS threads" in done.stdout
+    )
+    assert "inner_threads=None" in done.stdout
