@@ -196,3 +196,76 @@ def test_parent_killed_leaves_nothing_in_either_folder(small_shm: Folders, metho
     finally:
         proc.kill()
         proc.wait()
+
+
+def _real_memory_cgroup(limit: int) -> Path:
+    """A fresh cgroup v1 memory cgroup with ``limit`` bytes (root, cgroup v1 only)."""
+    parent = Path("/sys/fs/cgroup/memory")
+    group = parent / f"shmpool_test_{os.getpid()}_{time.monotonic_ns()}"
+    try:
+        group.mkdir()
+        (group / "memory.limit_in_bytes").write_text(str(limit))
+    except OSError as exc:
+        if group.exists():
+            group.rmdir()
+        pytest.skip(f"cannot make a cgroup v1 memory cgroup here: {exc}")
+    return group
+
+
+def test_a_real_memory_cgroup_limit_raises_or_falls_back_instead_of_the_oom_killer(tmp_path: Path) -> None:
+    # Past a memory cgroup's limit, posix_fallocate on /dev/shm brings the OOM killer (a
+    # SIGKILL), not ENOSPC: the headroom check is the only thing between a pool and it.
+    group = _real_memory_cgroup(512 * MiB)
+    script = textwrap.dedent(
+        f"""
+        import os, warnings
+        with open({str(group / "cgroup.procs")!r}, "w") as f:
+            f.write(str(os.getpid()))  # this process and all it starts are in the cgroup now
+        import shmpool
+        from shmpool import _sizing
+        if __name__ == "__main__":
+            limit = _sizing.memory_limit()
+            assert limit.limit == {512 * MiB} and limit.source.startswith({str(group)!r}), limit
+            n = (limit.headroom + 64 * 2**20) // 8
+            with shmpool.SharedPool(1, start_method="fork", temp_folder="/dev/shm") as pool:
+                try:
+                    pool.empty(n)
+                except shmpool.SharedMemoryFullError as exc:
+                    print("raised", "memory cgroup limit" in str(exc), {str(group)!r} in str(exc))
+                small = pool.zeros(8 * 2**20)  # 64 MiB fits
+                pool.map(lambda x: x.__iadd__(1), small)
+                print("small", small.sum() == small.size)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                with shmpool.SharedPool(1, start_method="fork") as pool:
+                    big = pool.full(n, 1.0)  # the default folder falls back to disk
+                    pool.map(lambda x: x.__imul__(2), big)
+                    print("fell back", pool.fallback_folder, big[-1] == 2.0,
+                          [os.path.dirname(p) for p in pool.block_paths].count(pool.fallback_folder))
+            print("warned", [w.category.__name__ for w in caught])
+        """
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "TMPDIR": str(tmp_path)},
+        )
+        assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+        lines = done.stdout.splitlines()
+        assert lines[0] == "raised True True" and lines[1] == "small True"
+        assert lines[2] == f"fell back {tmp_path} True 1"
+        assert lines[3] == "warned ['SharedMemoryFallbackWarning']"
+        assert not [n for n in os.listdir(tmp_path) if n.startswith("shmpool_")]
+    finally:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
