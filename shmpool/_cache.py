@@ -19,6 +19,8 @@ import mmap
 import os
 from collections import OrderedDict
 
+from ._sizing import memory_limit
+
 __all__ = ["MAX_BLOCKS", "BlockCache", "default_cache_bytes", "fits"]
 
 # Each cached block costs a mapping in every process that used it and, before Python
@@ -32,7 +34,8 @@ def fits(size: int, need: int) -> bool:
 
 
 def default_cache_bytes(folder: str) -> int:
-    """A quarter of the folder's size, and at most an eighth of the machine's memory.
+    """A quarter of the folder's size, and at most an eighth of the machine's memory (or
+    of the memory cgroup's limit, when that is smaller).
 
     The cache holds memory the program has let go of; it gives way whenever an allocation
     needs the room, so its bound matters to the other users of the folder. A quarter of
@@ -45,6 +48,10 @@ def default_cache_bytes(folder: str) -> int:
         memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - not on Linux
         return quarter
+    # In a container the machine's memory is not ours: its memory cgroup limit is.
+    limit = memory_limit().limit
+    if limit is not None:
+        memory = min(memory, limit)
     return min(quarter, memory // 8)
 
 

@@ -12,7 +12,7 @@ import pytest
 import threadpoolctl
 
 import shmpool
-from shmpool import _info, _segments, _sizing, _space
+from shmpool import _cache, _info, _segments, _sizing, _space
 
 
 def _tree(tmp_path: Path, proc: str, files: dict[str, str]) -> tuple[str, str]:
@@ -215,3 +215,7 @@ def test_info_reports_each_figure_and_its_source(
     monkeypatch.setenv(_segments.TEMP_FOLDER_ENV, str(tmp_path))
     lines = {line.split(":", 1)[0]: line for line in _info.info_lines()}
     assert "none, a folder was chosen" in lines["fallback folder (when the block folder is full)"]
+
+
+def test_the_default_cache_is_bounded_by_the_cgroup_limit(cgroup_headroom: int) -> None:
+    assert _cache.default_cache_bytes(_segments.block_folder()) == 64 * MiB // 8  # the limit's eighth
