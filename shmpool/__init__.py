@@ -30,10 +30,10 @@ from .errors import (
 
 if TYPE_CHECKING:
     from ._checks import whole
-    from ._halo import ChunkInfo, chunk_info, halo
     from ._cluster_array import ClusterArray as ClusterArray  # DaskPool's arrays, not in __all__
     from ._executor import PoolExecutor
     from ._frontend import Pool, PoolStats
+    from ._halo import ChunkInfo, chunk_info, halo
     from ._kernel import Kernel, active_pool, default_pool, kernel
     from ._sizing import usable_cpus
     from .dask_pool import DaskPool as DaskPool  # re-exported lazily, not in __all__

@@ -192,10 +192,11 @@ def split_args(args: tuple[Any, ...], axis: object) -> SplitArgs:
     axes: dict[int, int] = {}
     wholes: dict[int, Any] = {}
     halos: dict[int, HaloSpec] = {}
-    for i, arg in enumerate(args):
-        if isinstance(arg, Halo):
-            halos[i] = arg.spec
-            arg = arg.array.view()  # read-only: neighbouring chunks read its margins
+    for i, given in enumerate(args):
+        arg = given
+        if isinstance(given, Halo):
+            halos[i] = given.spec
+            arg = given.array.view()  # read-only: neighbouring chunks read its margins
             arg.flags.writeable = False
         if isinstance(arg, Whole):
             if isinstance(arg.obj, np.ndarray):

@@ -23,7 +23,7 @@ import threading
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -73,19 +73,18 @@ class HaloSpec:
         length = array.shape[axis]
         low, high = start - self.before, stop + self.after
         inner_low, inner_high = max(low, 0), min(high, length)
-        lead = (slice(None),) * axis
-        inside = array[(*lead, slice(inner_low, inner_high))]
+        inside = array[_along(axis, inner_low, inner_high)]
         if self.boundary == "none" or (low >= 0 and high <= length):
             return _read_only(inside), (start - inner_low, inner_high - stop)
         shape = list(array.shape)
         shape[axis] = high - low
-        order = "F" if array.flags.f_contiguous and not array.flags.c_contiguous else "C"
+        order: Literal["C", "F"] = "F" if array.flags.f_contiguous and not array.flags.c_contiguous else "C"
         padded = np.empty(shape, array.dtype, order=order)
-        padded[(*lead, slice(inner_low - low, inner_high - low))] = inside
+        padded[_along(axis, inner_low - low, inner_high - low)] = inside
         for first, last in ((low, inner_low), (inner_high, high)):
             if first == last:
                 continue
-            target = (*lead, slice(first - low, last - low))
+            target = _along(axis, first - low, last - low)
             if self.boundary == "constant":
                 padded[target] = self.fill
             else:
@@ -95,13 +94,20 @@ class HaloSpec:
 
     def _source(self, indices: Array, length: int) -> Array:
         """Where in the array each index outside it takes its value from."""
+        source: Array
         if self.boundary == "periodic":
-            return indices % length
-        if self.boundary == "nearest":
-            return np.clip(indices, 0, length - 1)
-        # reflect: the edge element repeats (d c b a | a b c d | d c b a), a period of 2n.
-        folded = indices % (2 * length)
-        return np.where(folded < length, folded, 2 * length - 1 - folded)
+            source = indices % length
+        elif self.boundary == "nearest":
+            source = np.clip(indices, 0, length - 1)
+        else:  # reflect: the edge element repeats (d c b a | a b c d | d c b a), a period of 2n
+            folded = indices % (2 * length)
+            source = np.where(folded < length, folded, 2 * length - 1 - folded)
+        return source
+
+
+def _along(axis: int, low: int, high: int) -> tuple[slice, ...]:
+    """The index of ``low:high`` along ``axis``, everything along the axes before it."""
+    return (slice(None),) * axis + (slice(low, high),)
 
 
 def _read_only(view: Array) -> Array:
@@ -154,7 +160,9 @@ def halo(array: Array, depth: int | tuple[int, int], boundary: str | float = "no
     fill = None
     if isinstance(boundary, str):
         if boundary not in BOUNDARIES:
-            raise ValueError(f"halo boundary must be one of {', '.join(BOUNDARIES)} or a number, got {boundary!r}")
+            raise ValueError(
+                f"halo boundary must be one of {', '.join(BOUNDARIES)} or a number, got {boundary!r}"
+            )
         kind = boundary
     elif isinstance(boundary, numbers.Number):
         kind = "constant"
@@ -170,7 +178,9 @@ def halo(array: Array, depth: int | tuple[int, int], boundary: str | float = "no
     return Halo(array, HaloSpec(before, after, kind, fill))
 
 
-def check_halos(halos: dict[int, HaloSpec], arrays: dict[int, Array], others: dict[int, Any], length: int) -> None:
+def check_halos(
+    halos: dict[int, HaloSpec], arrays: dict[int, Array], others: dict[int, Any], length: int
+) -> None:
     """Refuse, before anything runs, a depth beyond the array's length and a halo array
     that shares memory with an array of the map that is writable (``arrays``: the halo
     arrays by position; ``others``: every other positional argument by position)."""
@@ -237,7 +247,9 @@ _Where = tuple[int, int, int, int, Mapping[int, tuple[int, int]]]
 NO_MARGINS: Mapping[int, tuple[int, int]] = types.MappingProxyType({})
 
 
-def enter_chunk(index: int, start: int, stop: int, length: int, margins: Mapping[int, tuple[int, int]]) -> None:
+def enter_chunk(
+    index: int, start: int, stop: int, length: int, margins: Mapping[int, tuple[int, int]]
+) -> None:
     """Record, for this thread, the chunk its kernel call is about to run."""
     _where.chunk = (index, start, stop, length, margins)
 
@@ -282,6 +294,8 @@ class HaloViews:
             args[i], margins[i] = spec.view(arrays[i], axis, start, stop)
         enter_chunk(index, start, stop, self._length, margins)
 
-    def views(self, arrays: dict[int, Array], start: int, stop: int) -> dict[int, tuple[Array, tuple[int, int]]]:
+    def views(
+        self, arrays: dict[int, Array], start: int, stop: int
+    ) -> dict[int, tuple[Array, tuple[int, int]]]:
         """Each halo argument's view of chunk ``start:stop`` and its margin (DaskPool ships them)."""
         return {i: spec.view(arrays[i], axis, start, stop) for i, spec, axis in self._items}

@@ -151,7 +151,9 @@ class ProcessMapRun:
             axes = tuple(request.split.axes.get(i, -1) for i in range(request.split.count))
             plan, halos = request.plan, request.split.halos
             self._call = dispatcher.submit_map(
-                lambda job_id, slot: MapJob(job_id, slot, kernel, wholes_bytes, kwargs, refs, axes, plan, halos),
+                lambda job_id, slot: MapJob(
+                    job_id, slot, kernel, wholes_bytes, kwargs, refs, axes, plan, halos
+                ),
                 len(plan),
             )
         except BaseException:
