@@ -5,7 +5,8 @@
 
 Explicit diffusion on an n x n float64 grid, depth 1, boundary ``reflect`` (the edge value
 repeats) on both axes, two buffers swapped after every step: ``v = step(u); u, v = v, u``.
-The grid is split along axis 0 into ``4 x workers`` row blocks; axis 1 is never split, so
+The grid is split along axis 0 into blocks of ``--rows`` rows (default: ``4 x workers``
+blocks), the same blocks for every system but serial; axis 1 is never split, so
 each kernel handles that axis's boundary itself. Systems:
 
 - ``serial``: NumPy in this process, the interior rows straight from ``u``, the two edge
@@ -123,9 +124,9 @@ def prepare(system: str, workers: int) -> Any:
     return None
 
 
-def run_system(system: str, n: int, steps: int, workers: int, pool: Any) -> dict[str, Any]:
+def run_system(system: str, n: int, steps: int, workers: int, rows: int, pool: Any) -> dict[str, Any]:
     """Run one system in this process; its seconds and the digest of its result."""
-    chunks = max(1, n // (4 * workers))
+    chunks = rows
     if system == "serial":
         u, v = initial(n), np.empty((n, n))
         t0 = time.perf_counter()
@@ -159,7 +160,7 @@ def run_system(system: str, n: int, steps: int, workers: int, pool: Any) -> dict
     return {"seconds": seconds, "digest": digest(result)}
 
 
-def measure(system: str, n: int, steps: int, workers: int) -> dict[str, Any]:
+def measure(system: str, n: int, steps: int, workers: int, rows: int) -> dict[str, Any]:
     """Run ``system`` in a fresh process and sample the memory of its tree."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     proc = subprocess.Popen(
@@ -196,13 +197,13 @@ def measure(system: str, n: int, steps: int, workers: int) -> dict[str, Any]:
     return row
 
 
-def child(system: str, n: int, steps: int, workers: int) -> None:
+def child(system: str, n: int, steps: int, workers: int, rows: int) -> None:
     import dask.array  # noqa: F401 - imported before the baseline, by every system alike
 
     pool = prepare(system, workers)
     print("ready", flush=True)
     sys.stdin.readline()
-    print(json.dumps(run_system(system, n, steps, workers, pool)), flush=True)
+    print(json.dumps(run_system(system, n, steps, workers, rows, pool)), flush=True)
 
 
 def main() -> int:
@@ -211,14 +212,16 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20, help="time steps (default 20)")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each system (default 3)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rows", type=int, default=0, help="rows per block (default: n / (4 x workers))")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
     parser.add_argument("--full", action="store_true", help="the issue's size: --n 8192 --steps 50")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.full:
         args.n, args.steps = 8192, 50
+    args.rows = args.rows or max(1, args.n // (4 * args.workers))
     if args.child:
-        child(args.child, args.n, args.steps, args.workers)
+        child(args.child, args.n, args.steps, args.workers, args.rows)
         return 0
     systems = [s for s in args.systems.split(",") if s]
     unknown = set(systems) - set(SYSTEMS)
@@ -228,11 +231,11 @@ def main() -> int:
     rows: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
     for _ in range(args.rounds):
         for system in systems:
-            rows[system].append(measure(system, args.n, args.steps, args.workers))
+            rows[system].append(measure(system, args.n, args.steps, args.workers, args.rows))
     reference = rows[systems[0]][0]["digest"] if "serial" not in rows else rows["serial"][0]["digest"]
     print(
         f"{args.n} x {args.n} float64 ({args.n * args.n * 8 / MiB:.0f} MiB a grid), {args.steps} steps, "
-        f"{args.workers} workers, medians of {args.rounds} rounds; load average {os.getloadavg()[0]:.1f}\n"
+        f"{args.workers} workers, blocks of {args.rows} rows, medians of {args.rounds} rounds; load average {os.getloadavg()[0]:.1f}\n"
     )
     print("| system | seconds | s per step | peak extra memory | x (input + output) | result |")
     print("|---|---|---|---|---|---|")
