@@ -71,7 +71,10 @@ class _ThreadMapRun:
         if runners == 0:
             self._over.set()
         elif in_worker():
-            self._runner()  # a map from inside a kernel: run here rather than wait on ourselves
+            # A map from inside a kernel: one runner, here, rather than wait on ourselves
+            # (counted as one, or the map would wait for runners that never start).
+            self._active = 1
+            self._runner()
         else:
             for _ in range(runners):
                 backend.submit(self._runner).add_done_callback(self._runner_ended)
