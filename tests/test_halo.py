@@ -335,3 +335,23 @@ def test_cluster_arrays_refuse_halos(dask_client: Any) -> None:
             shmpool.halo(x, 1)  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="halo\\(\\), which cluster arrays do not support"):
             pool.on_cluster.map(kernels_halo.where, shmpool.halo(np.zeros(6), 1), x)
+
+
+def test_a_map_inside_a_thread_kernel_gives_the_outer_chunk_back() -> None:
+    with shmpool.ThreadPool(2) as pool:
+
+        def outer(x: np.ndarray) -> tuple[Any, ...]:  # type: ignore[type-arg]
+            before = shmpool.chunk_info()
+            inner = pool.map(kernels_halo.info_only, np.zeros(3), chunks=1)  # runs in this thread
+            return before, shmpool.chunk_info(), [i.index for i in inner]
+
+        for before, after, inner in pool.map(outer, shmpool.halo(np.zeros(8), 2, "nearest"), chunks=4):
+            assert after == before and before.margin == (2, 2)
+            assert inner == [0, 1, 2]
+
+
+def test_empty_arrays() -> None:
+    with shmpool.ThreadPool(2) as pool:
+        assert pool.map(kernels_halo.where, shmpool.halo(np.zeros((0, 3)), 0, "reflect")) == []
+        with pytest.raises(ValueError, match="larger than its length 0"):
+            pool.map(kernels_halo.where, shmpool.halo(np.zeros((0, 3)), 1))
