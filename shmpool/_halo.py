@@ -36,11 +36,11 @@ __all__ = [
     "NO_MARGINS",
     "check_halos",
     "chunk_info",
+    "chunk_slot",
     "clear_chunk",
     "current_chunk",
     "enter_chunk",
     "halo",
-    "restore_chunk",
 ]
 
 Array = np.ndarray  # type: ignore[type-arg]
@@ -239,7 +239,9 @@ class ChunkInfo:
 
 
 # The chunk each thread is running: set by the backends' chunk loops, read by chunk_info.
-# A plain tuple, built lazily into a ChunkInfo: the loop pays one attribute store per chunk.
+# Each thread has a one-element list, which a loop fetches once per map and stores a plain
+# tuple into per chunk (tens of nanoseconds; a call per chunk costs ten times that on the
+# W1 hot path); chunk_info builds the ChunkInfo only when asked.
 _where = threading.local()
 _Where = tuple[int, int, int, int, Mapping[int, tuple[int, int]]]
 
@@ -247,27 +249,30 @@ _Where = tuple[int, int, int, int, Mapping[int, tuple[int, int]]]
 NO_MARGINS: Mapping[int, tuple[int, int]] = types.MappingProxyType({})
 
 
+def chunk_slot() -> list[_Where | None]:
+    """This thread's holder of its running chunk: ``slot[0] = (index, start, stop, length,
+    margins)`` before a kernel call, None when no chunk runs."""
+    slot: list[_Where | None] | None = getattr(_where, "slot", None)
+    if slot is None:
+        slot = _where.slot = [None]
+    return slot
+
+
 def enter_chunk(
     index: int, start: int, stop: int, length: int, margins: Mapping[int, tuple[int, int]]
 ) -> None:
     """Record, for this thread, the chunk its kernel call is about to run."""
-    _where.chunk = (index, start, stop, length, margins)
+    chunk_slot()[0] = (index, start, stop, length, margins)
 
 
 def current_chunk() -> _Where | None:
-    """This thread's recorded chunk (to restore it after a map run inside a kernel)."""
-    value: _Where | None = getattr(_where, "chunk", None)
-    return value
-
-
-def restore_chunk(value: _Where | None) -> None:
-    """Put back what :func:`current_chunk` returned."""
-    _where.chunk = value
+    """This thread's recorded chunk, or None."""
+    return chunk_slot()[0]
 
 
 def clear_chunk() -> None:
     """This thread runs no chunk any more."""
-    _where.chunk = None
+    chunk_slot()[0] = None
 
 
 def chunk_info() -> ChunkInfo | None:
@@ -286,13 +291,22 @@ class HaloViews:
         self._items = [(i, spec, axes[i]) for i, spec in halos.items()]
         self._length = length
 
-    def place(self, args: list[Any], arrays: list[Any], index: int, start: int, stop: int) -> None:
+    def place(
+        self,
+        args: list[Any],
+        arrays: list[Any],
+        index: int,
+        start: int,
+        stop: int,
+        where: list[_Where | None],
+    ) -> None:
         """Put chunk ``index``'s halo views into ``args`` (from the whole ``arrays``) and
-        record the chunk for :func:`chunk_info`."""
+        record the chunk for :func:`chunk_info` in ``where``, the running thread's
+        :func:`chunk_slot`."""
         margins: dict[int, tuple[int, int]] = {}
         for i, spec, axis in self._items:
             args[i], margins[i] = spec.view(arrays[i], axis, start, stop)
-        enter_chunk(index, start, stop, self._length, margins)
+        where[0] = (index, start, stop, self._length, margins)
 
     def views(
         self, arrays: dict[int, Array], start: int, stop: int

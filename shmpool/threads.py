@@ -26,7 +26,7 @@ from ._active import enter_worker_thread, in_worker
 from ._backend import BatchOutcome, Failure, ItemBatch, ItemStream, MapOutcome, MapRun
 from ._checks import ItemRequest, MapRequest
 from ._frontend import Pool
-from ._halo import NO_MARGINS, HaloViews, current_chunk, enter_chunk, restore_chunk
+from ._halo import NO_MARGINS, HaloViews, chunk_slot
 from ._origin import attach_origin, traceback_text
 from ._owned import PrivateMemory
 from ._progress import resolve_progress
@@ -83,7 +83,8 @@ class _ThreadMapRun:
         kernel, kwargs, plan = self._request.kernel, self._request.kwargs, self._request.plan
         args = list(self._args)
         halos, length = self._halos, plan.length
-        outer = current_chunk()  # a map run inline from a kernel gives its chunk back after
+        where = chunk_slot()  # what shmpool.chunk_info() reads, in this thread
+        outer = where[0]  # a map run inline from a kernel gives the outer chunk back after
         try:
             while True:
                 with self._lock:
@@ -95,10 +96,10 @@ class _ThreadMapRun:
                 for i, lead in self._chunked:
                     args[i] = self._args[i][lead + (slice(low, high),)]  # noqa: RUF005 - 3.10 syntax
                 if halos is None:
-                    enter_chunk(chunk, low, high, length, NO_MARGINS)
+                    where[0] = (chunk, low, high, length, NO_MARGINS)
                 try:
                     if halos is not None:  # inside the try: a padded copy may not fit in memory
-                        halos.place(args, self._args, chunk, low, high)
+                        halos.place(args, self._args, chunk, low, high, where)
                     value = kernel(*args, **kwargs)
                 except BaseException as exc:  # SystemExit too: it is the kernel's, not ours
                     with self._lock:
@@ -109,7 +110,7 @@ class _ThreadMapRun:
                 with self._lock:
                     self._run += 1
         finally:
-            restore_chunk(outer)
+            where[0] = outer
             self._runner_ended(None)
 
     def _runner_ended(self, future: StdFuture[None] | None) -> None:
