@@ -35,6 +35,7 @@ from ._chunks import plan_chunks
 from ._cluster_array import ClusterArray, ClusterStore
 from ._cluster_map import ClusterMapRun, MapArrays
 from ._cluster_worker import make_chunk
+from ._halo import Halo
 from ._progress import open_bar, resolve_progress
 from .errors import PoolClosedError
 
@@ -279,6 +280,12 @@ class OnCluster:
                 wholes[i] = arg.obj
                 layout.append(-1)
                 continue
+            if isinstance(arg, Halo):
+                raise TypeError(
+                    f"positional argument {i} of on_cluster.map is a halo(), which cluster arrays do not "
+                    "support (their chunks live on different workers); use pool.map over NumPy arrays, "
+                    "which ships each chunk with its margin"
+                )
             if not isinstance(arg, ClusterArray):
                 raise TypeError(
                     f"positional argument {i} of on_cluster.map is a {type(arg).__name__}, not a cluster "

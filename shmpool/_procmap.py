@@ -145,9 +145,11 @@ class ProcessMapRun:
             if len(request.plan) == 0:
                 return
             axes = tuple(request.split.axes.get(i, -1) for i in range(request.split.count))
-            plan = request.plan
+            plan, halos = request.plan, request.split.halos
             self._call = dispatcher.submit_map(
-                lambda job_id, slot: MapJob(job_id, slot, kernel, wholes_bytes, kwargs, refs, axes, plan),
+                lambda job_id, slot: MapJob(
+                    job_id, slot, kernel, wholes_bytes, kwargs, refs, axes, plan, halos
+                ),
                 len(plan),
             )
         except BaseException:
