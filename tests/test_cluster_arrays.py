@@ -270,7 +270,10 @@ def test_a_lost_worker_gives_a_clear_error_unless_dask_can_recompute(
     pool: Any,
     dask_client: Any,  # noqa: F811
 ) -> None:
-    x = pool.asarray(np.arange(1000.0))  # scattered
+    n = 300_000  # two chunks of 1.2 MB: over the 1 MiB that travels inside a task
+    half, wide = n // 2, f"(indices {n // 2}:{n})"
+    x = pool.asarray(np.arange(float(n)))  # scattered, chunk by chunk
+    small = pool.asarray(np.arange(1000.0))  # inside the chunks' tasks: Dask can recompute
     y = pool.full_like(x, 4.0)
     pool.map(step, y, y)  # written by a map
     z = pool.full_like(x, 3.0)  # only made and filled: its tasks carry all
@@ -285,23 +288,24 @@ def test_a_lost_worker_gives_a_clear_error_unless_dask_can_recompute(
     deadline = time.monotonic() + 30
     # The written chunk 1 had no other copy and no lineage (the run that wrote it was
     # released when the map returned): its read raises the documented error, every time.
-    # (Before that fix, a kill within milliseconds of the map's return found the run's key
-    # still held, and Dask re-ran the kernel elsewhere: right values, by timing.)
+    # (Before, a kill within milliseconds of the map's return found the run's key still
+    # held, and Dask re-ran the kernel elsewhere: right values or the error, by timing.)
     with pytest.raises(shmpool.WorkerCrashedError) as lost:
-        y[500:1000]
-    assert "'written' lost chunk(s) 1 (indices 500:1000)" in str(lost.value) and lost.value.chunk == 1
+        y[half:]
+    assert f"'written' lost chunk(s) 1 {wide}" in str(lost.value) and lost.value.chunk == 1
     if x_lost:  # scattered from the client: Dask cannot recompute it
         with pytest.raises(shmpool.WorkerCrashedError) as info:
             while time.monotonic() < deadline:  # the client hears of the loss a moment later
                 pool.map(total, x)
                 time.sleep(0.2)
-        assert "'field'" in str(info.value) and "chunk(s) 1 (indices 500:1000)" in str(info.value)
+        assert "'field'" in str(info.value) and f"chunk(s) 1 {wide}" in str(info.value)
         assert info.value.chunk == 1
     else:
-        assert sum(pool.map(total, x)) == sum(range(1000))  # on the other worker
+        assert sum(pool.map(total, x)) == n * (n - 1) / 2  # on the other worker
     if not y0_lost:
-        assert y[:500].tolist() == [5.0] * 500  # chunk 0 lives on the other worker: still there
-    assert np.array_equal(z.gather(), np.full(1000, 3.0))  # recomputed by Dask
+        assert np.all(y[:half] == 5.0)  # chunk 0 lives on the other worker: still there
+    assert np.array_equal(z.gather(), np.full(n, 3.0))  # recomputed by Dask
+    assert np.array_equal(small.gather(), np.arange(1000.0))  # recomputed from its tasks
     dask_client.wait_for_workers(2, timeout=60)
 
 
