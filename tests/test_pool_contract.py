@@ -44,7 +44,7 @@ else:
 pytestmark = pytest.mark.timeout(60)
 
 
-def _on_cluster(pool: shmpool.Pool) -> bool:
+def _arrays_on_cluster(pool: shmpool.Pool) -> bool:
     """Whether the pool's own arrays are cluster arrays (a DaskPool's)."""
     return type(pool).__name__ == "DaskPool"
 
@@ -106,7 +106,7 @@ def test_every_pool_is_the_one_front_end(any_pool: shmpool.Pool) -> None:
 
 def test_allocation(any_pool: shmpool.Pool) -> None:
     e = any_pool.empty((3, 4), dtype=np.int32)
-    kind = shmpool.ClusterArray if _on_cluster(any_pool) else np.ndarray
+    kind = shmpool.ClusterArray if _arrays_on_cluster(any_pool) else np.ndarray
     assert e.shape == (3, 4) and e.dtype == np.int32 and isinstance(e, kind)
     assert (local(any_pool.zeros(5)) == 0).all() and any_pool.zeros(5).dtype == np.float64
     f = any_pool.full((2, 2), 7)
@@ -115,7 +115,7 @@ def test_allocation(any_pool: shmpool.Pool) -> None:
     fortran = np.zeros((4, 3), order="F")
     like = any_pool.empty_like(fortran)
     assert like.shape == (4, 3)
-    if not _on_cluster(any_pool):  # a cluster array has no memory order here
+    if not _arrays_on_cluster(any_pool):  # a cluster array has no memory order here
         assert like.flags.f_contiguous and not like.flags.c_contiguous
     zl = any_pool.zeros_like(fortran, dtype=np.int8)
     assert zl.dtype == np.int8 and (local(zl) == 0).all()
@@ -128,7 +128,7 @@ def test_allocation(any_pool: shmpool.Pool) -> None:
 def test_is_shared_asarray_and_free(any_pool: shmpool.Pool) -> None:
     a = any_pool.zeros(10)
     assert any_pool.is_shared(a)
-    if not _on_cluster(any_pool):  # a cluster array's a[2:5] is a NumPy copy, not a view
+    if not _arrays_on_cluster(any_pool):  # a cluster array's a[2:5] is a NumPy copy, not a view
         assert any_pool.is_shared(a[2:5]) and any_pool.is_shared(a.reshape(2, 5))
     assert not any_pool.is_shared(np.zeros(10)) and not any_pool.is_shared([1, 2])
     assert any_pool.asarray(a) is a
@@ -143,7 +143,7 @@ def test_is_shared_asarray_and_free(any_pool: shmpool.Pool) -> None:
     view = a[1:3]
     any_pool.free(a)
     assert not any_pool.is_shared(a) and not any_pool.is_shared(view)
-    if _on_cluster(any_pool):  # its chunks are gone from the cluster
+    if _arrays_on_cluster(any_pool):  # its chunks are gone from the cluster
         with pytest.raises(ValueError, match="was freed"):
             a[1:3]
     else:
@@ -183,7 +183,7 @@ def test_map_in_place_matches_serial(any_pool: shmpool.Pool) -> None:
     result = any_pool.map(kernels.saxpy, x, y, out, a=3.0)
     assert np.array_equal(out, 3.0 * local(x) + local(y))
     # Automatic chunks: 4 per worker; over cluster arrays, where x's chunks are (1 per worker).
-    assert result == [None] * len(result) and len(result) >= (1 if _on_cluster(any_pool) else 2) * 2
+    assert result == [None] * len(result) and len(result) >= (1 if _arrays_on_cluster(any_pool) else 2) * 2
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2, -1])
@@ -202,7 +202,7 @@ def test_chunk_options(any_pool: shmpool.Pool) -> None:
     assert any_pool.map(kernels.chunk_length, x, chunks=[1, 2, 7]) == [1, 2, 7]
     assert any_pool.map(kernels.chunk_length, x, chunks=np.array([5, 5])) == [5, 5]
     assert any_pool.map(kernels.chunk_length, x, chunks=100) == [10]
-    if _on_cluster(any_pool):  # automatic: x's chunks, which the last map left as one
+    if _arrays_on_cluster(any_pool):  # automatic: x's chunks, which the last map left as one
         assert any_pool.map(kernels.chunk_length, x) == [10]
     else:
         assert any_pool.map(kernels.chunk_length, x) == [2] * 5  # automatic: 4 per worker
@@ -241,7 +241,7 @@ def test_whole_array_written_by_chunks(any_pool: shmpool.Pool, allocate: str) ->
     def mark(chunk: np.ndarray, m: np.ndarray) -> None:
         m[chunk] = chunk + 10
 
-    if _on_cluster(any_pool):
+    if _arrays_on_cluster(any_pool):
         # Over cluster arrays whole() arrays are read-only: a write would stay on one worker.
         with pytest.raises(ValueError, match="read-only"):
             any_pool.map(mark, x, shmpool.whole(marks), chunks=1)
@@ -564,7 +564,7 @@ def test_closed_pool(fresh_pool: shmpool.Pool) -> None:
     pool.close()
     pool.terminate()
     assert pool.closed
-    if _on_cluster(pool):  # a cluster array's chunks went with the pool
+    if _arrays_on_cluster(pool):  # a cluster array's chunks went with the pool
         with pytest.raises(ValueError, match="pool was closed"):
             x[:] = 1
     else:
