@@ -238,17 +238,15 @@ class Pool:
         )
 
     def _like(self, a: Any) -> tuple[Any, Any, str]:
-        # The pool's own arrays give their shape and dtype as they are: converting a
-        # DaskPool's cluster array with np.asanyarray would fetch it whole.
+        # The pool's own arrays as they are: np.asanyarray would fetch a cluster array whole.
         if self._backend.owns(a):
             return a, a, order_of(a) if isinstance(a, np.ndarray) else "C"
         a = np.asanyarray(a)
         return a, None, order_of(a)
 
     def empty_like(self, a: Any, dtype: Any = None) -> Any:
-        """A new uninitialised array of the pool's with the shape (and dtype, and C or F
-        order) of ``a``; like one of the pool's own arrays, it may take its layout too (a
-        DaskPool's: the same chunks on the same workers)."""
+        """A new uninitialised array of the pool's shaped like ``a`` (dtype, C or F order;
+        a DaskPool's cluster array: its chunks, on the same workers)."""
         a, like, order = self._like(a)
         return self._allocate(a.shape, a.dtype if dtype is None else dtype, order, zero=False, like=like)
 
@@ -260,10 +258,10 @@ class Pool:
     def full_like(self, a: Any, fill_value: Any, dtype: Any = None) -> Any:
         """:meth:`empty_like`, filled with ``fill_value`` (dtype: ``a``'s)."""
         a, like, order = self._like(a)
+        fill = lambda out: out.__setitem__(..., fill_value)  # noqa: E731
         return self._allocate(
-            a.shape, a.dtype if dtype is None else dtype, order, zero=False, like=like,
-            fill=lambda out: out.__setitem__(..., fill_value),
-        )  # fmt: skip
+            a.shape, a.dtype if dtype is None else dtype, order, zero=False, like=like, fill=fill
+        )
 
     def asarray(self, a: Any, dtype: Any = None) -> Any:
         """``a`` as the pool's array: ``a`` itself if the pool made it (and no other dtype is
@@ -272,13 +270,8 @@ class Pool:
         if (dtype is None or np.dtype(dtype) == getattr(a, "dtype", None)) and self._backend.owns(a):
             return a
         source = np.asarray(a, dtype=dtype)
-        return self._allocate(
-            source.shape,
-            source.dtype,
-            order_of(source),
-            zero=False,
-            fill=lambda out: out.__setitem__(..., source),
-        )
+        fill = lambda out: out.__setitem__(..., source)  # noqa: E731 - a cluster array too
+        return self._allocate(source.shape, source.dtype, order_of(source), zero=False, fill=fill)
 
     def is_shared(self, a: Any) -> bool:
         """Whether ``a`` (or the array it is a view of) was made by this pool and not freed."""
@@ -291,8 +284,7 @@ class Pool:
         All of it goes, whichever view of it ``a`` is. Arrays that still view it stay valid
         (the memory is released when the last one is garbage-collected), but no longer count
         as the pool's: passing one to a SharedPool's ``map`` copies it. A DaskPool's cluster
-        array is released on the cluster, and using it afterwards raises ValueError.
-        """
+        array is released on the cluster; using it afterwards raises ValueError."""
         self._check_open()
         if not self._backend.owns(a):
             raise ValueError("free() takes an array allocated by this pool that was not freed yet")
