@@ -116,7 +116,7 @@ class ClusterArrays:
                 continue
             if not isinstance(arg, ClusterArray):
                 raise TypeError(
-                    f"positional argument {i} of map is a {type(arg).__name__}, not a cluster array, "
+                    f"positional argument {i} of map is not a cluster array ({type(arg).__name__}), "
                     "while other arguments are: a map runs where cluster arrays live, or over NumPy "
                     "arrays from this process, not both; make it one with pool.asarray(a), or pass it "
                     "read-only to every chunk with shmpool.whole(a)"

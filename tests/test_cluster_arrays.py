@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import CancelledError
 from typing import Any
 
 import numpy as np
@@ -230,7 +231,7 @@ def test_map_errors_and_checks(pool: Any) -> None:
     with pytest.raises(KeyError) as info:
         pool.map(kernels.fail_on, x, bad=17)
     assert "chunk 3" in str(info.value.__cause__) or "chunk 3" in str(info.value)
-    with pytest.raises(TypeError, match="not a cluster array, while other arguments are"):
+    with pytest.raises(TypeError, match=r"not a cluster array \(ndarray\), while other arguments are"):
         pool.map(kernels.saxpy, x, np.zeros(50), x, a=1.0)  # one map does not mix them
     with pytest.raises(ValueError, match="same length"):
         pool.map(kernels.saxpy, x, pool.zeros(3), x, a=1.0)
@@ -239,6 +240,42 @@ def test_map_errors_and_checks(pool: Any) -> None:
     with pytest.raises(TimeoutError):
         pool.map(kernels.sleep_chunk, x, chunks=1, seconds=0.3, timeout=0.5)
     assert pool.map(kernels.chunk_length, x, chunks=25) == [25, 25]
+
+
+def lookup(i: np.ndarray, table: np.ndarray, out: np.ndarray) -> bool:
+    out[:] = table[i]
+    return bool(table.flags.writeable)
+
+
+def test_a_whole_cluster_array_is_joined_on_the_workers(pool: Any) -> None:
+    table = pool.asarray(np.arange(200_000.0) * 2)  # 1.6 MB: scattered, two chunks
+    idx = pool.asarray(np.array([5, 199_999, 100_000, 0]))
+    out = pool.zeros(4)
+    before, sent = pool.stats, bytes_sent_by_workers(pool.client)
+    writable = pool.map(lookup, idx, shmpool.whole(table), out)
+    after = pool.stats
+    assert writable == [False, False]  # read-only, as every whole() argument of a cluster map
+    assert np.asarray(out).tolist() == [10.0, 399_998.0, 200_000.0, 0.0]
+    moved = (after.bytes_staged_in - before.bytes_staged_in) + (
+        after.bytes_copied_back - before.bytes_copied_back
+    )
+    assert moved < 16 * 1024  # the table went worker to worker, not through the client
+    assert (
+        bytes_sent_by_workers(pool.client) - sent < table.nbytes + 64 * 1024
+    )  # each worker got the half it lacked
+
+
+def test_map_async_over_cluster_arrays_and_its_cancel(pool: Any) -> None:
+    x = pool.asarray(np.arange(40.0))
+    future = pool.map_async(kernels.first_index, x, chunks=10)
+    assert future.result(timeout=30) == [0.0, 10.0, 20.0, 30.0] and x.chunks == (0, 10, 20, 30, 40)
+    slow = pool.map_async(kernels.sleep_chunk, x, chunks=1, seconds=0.1)
+    time.sleep(0.3)
+    assert slow.cancel() and slow.cancelled()
+    with pytest.raises(CancelledError):
+        slow.result(timeout=5)
+    assert np.array_equal(np.asarray(x), np.arange(40.0))  # the chunks that ran are kept, unchanged
+    assert pool.map(kernels.chunk_length, x) == [1] * 40  # it keeps the stopped map's chunks
 
 
 # ---- lifetime ---------------------------------------------------------------------------------
