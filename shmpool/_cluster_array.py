@@ -6,8 +6,8 @@ worker, held through a Dask future. What moves through the caller:
 
 - making one (a DaskPool's ``empty``, ``zeros``, ``full``, ``*_like``): only tasks; each
   worker makes its chunks (``full`` then writes the value into them, a task per chunk).
-  ``asarray(a)`` makes empty chunks and writes ``a`` into them, each chunk's part scattered
-  once, straight to its worker.
+  ``asarray(a)`` makes empty chunks and writes ``a`` into them: each chunk's part travels
+  once, scattered straight to its worker (over ``EMBED_LIMIT``) or inside its write task.
 - reading (``a[key]``): each chunk the key touches sends the rows it touches, cut on the
   worker; ``np.asarray(a)`` and ``gather()`` fetch every chunk.
 - writing (``a[key] = v``): each chunk the key touches gets the part of ``v`` it needs, and
