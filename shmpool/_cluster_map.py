@@ -98,7 +98,9 @@ class ClusterMapRun:
         # worker fetches them (worker to worker) and joins them once per task.
         joined = [a.chunk_futures(where) for a in plan.joined]
         self._joined = [f for futures in joined for f in futures]
-        joins = tuple((a.axis, len(f)) for a, f in zip(plan.joined, joined, strict=True))
+        joins = tuple(
+            (a.axis, len(f), a.shape, a.dtype.str) for a, f in zip(plan.joined, joined, strict=True)
+        )
         kernel = dumps(request.kernel, f"kernel {request.name!r}")
         arguments = dumps((request.split.wholes, request.kwargs), "the whole() and keyword arguments")
         spec = pickle.dumps((kernel, arguments, plan.layout, joins), protocol=5)

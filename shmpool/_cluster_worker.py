@@ -117,9 +117,12 @@ def run_on_chunks(spec: bytes | Payload, caller: str, index: int, *chunks: Array
     views = [_writable(c) for c in chunks[:split]]
     joined: list[Array] = []
     at = split
-    for along, count in joins:
+    for along, count, shape, dtype in joins:
         parts = chunks[at : at + count]
-        joined.append(np.concatenate(parts, axis=along) if count > 1 else np.asarray(parts[0]))
+        if count == 0:  # a zero-length array has no chunks
+            joined.append(np.empty(shape, dtype=np.dtype(dtype)))
+        else:
+            joined.append(np.concatenate(parts, axis=along) if count > 1 else np.asarray(parts[0]))
         at += count
     args: list[Any] = []
     for position, slot in enumerate(layout):
