@@ -1,5 +1,5 @@
 """Which ordinary NumPy arrays a pool made, for pools whose arrays live in private memory
-(ThreadPool, DaskPool): ``is_shared(a)`` there means "made by this pool and not freed"."""
+(ThreadPool): ``is_shared(a)`` there means "made by this pool and not freed"."""
 
 from __future__ import annotations
 
