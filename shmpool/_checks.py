@@ -263,11 +263,20 @@ def check_map(
     timeout: object,
     workers: int,
     kwargs: dict[str, Any],
+    own: Callable[[], tuple[SplitArgs, ChunkPlan] | None] = lambda: None,
 ) -> MapRequest:
-    """Check the arguments of a map for a pool of ``workers``; raise on bad input."""
+    """Check the arguments of a map for a pool of ``workers``; raise on bad input.
+
+    ``own()``: the backend's split and plan when the arrays are of its own kind (see
+    ``Backend.split_own``), else None, and they are checked here as NumPy arrays.
+    """
     check_callable(kernel, "kernel")
-    split = split_args(arrays, axis)
-    plan = plan_chunks(split.length, chunks, workers, split.bytes_per_index)
+    mine = own()
+    if mine is None:
+        split = split_args(arrays, axis)
+        plan = plan_chunks(split.length, chunks, workers, split.bytes_per_index)
+    else:
+        split, plan = mine
     bar_options = resolve_progress(progress, default_progress)
     seconds = check_timeout(timeout)
     return MapRequest(kernel, kernel_name(kernel), split, plan, kwargs, bar_options, seconds)

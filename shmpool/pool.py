@@ -111,14 +111,17 @@ class ProcessBackend:
             raise PoolClosedError("this SharedPool is closed")
         return self.dispatcher
 
-    def allocate(self, shape: tuple[int, ...], dtype: np.dtype, order: str, zero: bool) -> Array:  # type: ignore[type-arg]
+    def allocate(self, shape: tuple[int, ...], dtype: np.dtype, order: str, zero: bool, like: Any) -> Array:  # type: ignore[type-arg]
         return self.store.new_array(shape, dtype, order, zero)
 
-    def owns(self, a: Array) -> bool:
-        return self.store.owns(a)
+    def owns(self, a: Any) -> bool:
+        return isinstance(a, np.ndarray) and self.store.owns(a)
 
     def release(self, a: Array) -> None:
         self.store.free_array(a)
+
+    def split_own(self, arrays: tuple[Any, ...], axis: object, chunks: object) -> None:
+        return None  # its arrays are NumPy arrays: the front end splits them
 
     def start_map(self, request: MapRequest) -> MapRun:
         return ProcessMapRun(self._live_dispatcher(), self.store, request)

@@ -330,11 +330,11 @@ def test_property_any_pool(any_pool: shmpool.Pool, case: tuple[Any, ...]) -> Non
 @pytest.mark.skipif("DaskPool" not in POOL_TYPES, reason="Dask is not installed")
 def test_cluster_arrays_refuse_halos(dask_client: Any) -> None:
     with DaskPool(dask_client) as pool:
-        x = pool.on_cluster.asarray(np.zeros(6))
+        x = pool.asarray(np.zeros(6))
         with pytest.raises(TypeError, match="takes a NumPy array"):
             shmpool.halo(x, 1)  # type: ignore[arg-type]
-        with pytest.raises(TypeError, match="halo\\(\\), which cluster arrays do not support"):
-            pool.on_cluster.map(kernels_halo.where, shmpool.halo(np.zeros(6), 1), x)
+        with pytest.raises(TypeError, match="halo\\(\\), which maps over cluster arrays do not support"):
+            pool.map(kernels_halo.where, shmpool.halo(np.zeros(6), 1), x)
 
 
 def test_a_map_inside_a_thread_kernel_gives_the_outer_chunk_back() -> None:
