@@ -5,22 +5,43 @@ Every pool raises a kernel's exception with its own type and, as ``__cause__``, 
 chunk and its indices) followed by the traceback where it ran; on Python 3.11+ the same is
 added as a note. The process pools rebuild the exception first (:mod:`shmpool._remote`);
 the ThreadPool has the exception object itself.
+
+The traceback starts at the user's code: the frames of shmpool that called it (a worker's
+loop, a thread's runner) are left out (:func:`user_frames`), so it reads as the kernel
+would have failed locally.
 """
 
 from __future__ import annotations
 
 import sys
 import traceback
+from types import TracebackType
 
 from .errors import RemoteTraceback
 
-__all__ = ["attach_origin", "traceback_text"]
+__all__ = ["attach_origin", "traceback_text", "user_frames"]
+
+
+def _in_shmpool(tb: TracebackType) -> bool:
+    name = tb.tb_frame.f_globals.get("__name__")
+    return isinstance(name, str) and (name == "shmpool" or name.startswith("shmpool."))
+
+
+def user_frames(tb: TracebackType | None) -> TracebackType | None:
+    """``tb`` from its first frame outside shmpool on: the library frames that called the
+    user's code are left out. All of ``tb`` when every frame is shmpool's (an error of
+    shmpool's own, whose frames are what there is to show)."""
+    first = tb
+    while first is not None and _in_shmpool(first):
+        first = first.tb_next
+    return tb if first is None else first
 
 
 def traceback_text(exc: BaseException) -> str:
-    """``exc``'s traceback as text; never raises (an exception's ``__str__`` may)."""
+    """``exc``'s traceback as text, from the user's code on (:func:`user_frames`); never
+    raises (an exception's ``__str__`` may)."""
     try:
-        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return "".join(traceback.format_exception(type(exc), exc, user_frames(exc.__traceback__)))
     except Exception:
         return f"{type(exc).__qualname__}: <the exception's text could not be formatted>\n"
 

@@ -72,7 +72,9 @@ def assert_nothing_left(pids: list[int]) -> None:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         blocks = [n for n in os.listdir(SHM) if n.startswith(f"shmpool_{script_pid}_")]
-        alive = [p for p in helpers if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        alive = [
+            p for p in helpers if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+        ]
         if not blocks and not alive:
             return
         time.sleep(0.05)
