@@ -192,9 +192,17 @@ class Pool:
             raise PoolClosedError(f"this {self._backend.kind} is closed")
 
     def _register(self, call: Call) -> None:
+        # Every caller checked the process already (_check_open); the state is checked
+        # again under the lock, as a close() may have come in between.
         with self._lock:
-            self._check_open()
+            if self._state is not _State.RUNNING:
+                raise PoolClosedError(f"this {self._backend.kind} is closed")
             self._calls.add(call)
+
+    def _register_stream(self, call: Call) -> None:
+        # An imap's iterator starts at its first next(), which may come in a forked child.
+        self._check_creator()
+        self._register(call)
 
     def _unregister(self, call: Call) -> None:
         with self._lock:
@@ -434,7 +442,12 @@ class Pool:
         request = check_imap(fn, iterable, ordered, chunksize, progress, self._default_progress)
         stream = self._backend.open_stream(request, star=False)
         call = StreamCall(
-            request, stream, self.workers, self._backend.batch_target_s, self._register, self._unregister
+            request,
+            stream,
+            self.workers,
+            self._backend.batch_target_s,
+            self._register_stream,
+            self._unregister,
         )
         return call.iterate(iter(iterable))
 
