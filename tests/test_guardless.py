@@ -193,6 +193,7 @@ def test_dask_pool_at_module_level(tmp_path: Path) -> None:
     proc = run_file(
         tmp_path,
         """
+        import os
         import numpy as np
         import shmpool
 
@@ -201,9 +202,14 @@ def test_dask_pool_at_module_level(tmp_path: Path) -> None:
 
         pool = shmpool.DaskPool()
         print(sum(pool.map(total, np.arange(10.0), chunks=2)))
+        print("pids", os.getpid(), *pool.client.run(os.getpid).values())
         pool.close()
         """,
     )
-    assert proc.stdout.split() == ["45.0"]
-    assert len(lines(tmp_path / "main_runs.log")) == 1
+    out = proc.stdout.splitlines()
+    assert out[0] == "45.0"
+    pids = [int(p) for p in out[1].split()[1:]]
+    assert len(pids) >= 2  # the script and at least one worker
+    assert lines(tmp_path / "main_runs.log") == [str(pids[0])]
     assert "Nanny failed" not in proc.stderr
+    assert_nothing_left(pids)
