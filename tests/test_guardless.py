@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -213,3 +214,32 @@ def test_dask_pool_at_module_level(tmp_path: Path) -> None:
     assert lines(tmp_path / "main_runs.log") == [str(pids[0])]
     assert "Nanny failed" not in proc.stderr
     assert_nothing_left(pids)
+
+
+MAIN_ENTRIES = {"init_main_from_path", "init_main_from_name"}
+
+
+def test_main_is_left_out_only_where_asked() -> None:
+    # What multiprocessing sends a new spawn/forkserver child: with this test run's main
+    # module (pytest's), outside without_main() and in other threads, as always.
+    from multiprocessing import spawn
+
+    from shmpool._without_main import hold_for_name, without_main
+
+    assert MAIN_ENTRIES & set(spawn.get_preparation_data("any"))
+    elsewhere: list[dict[str, object]] = []
+    with without_main():
+        assert not MAIN_ENTRIES & set(spawn.get_preparation_data("any"))
+        thread = threading.Thread(target=lambda: elsewhere.append(spawn.get_preparation_data("any")))
+        thread.start()
+        thread.join()
+    assert MAIN_ENTRIES & set(elsewhere[0])
+    assert MAIN_ENTRIES & set(spawn.get_preparation_data("any"))
+    release = hold_for_name("a held name")
+    try:
+        assert not MAIN_ENTRIES & set(spawn.get_preparation_data("a held name"))
+        assert MAIN_ENTRIES & set(spawn.get_preparation_data("another name"))
+    finally:
+        release()
+        release()  # a second release changes nothing
+    assert MAIN_ENTRIES & set(spawn.get_preparation_data("a held name"))
