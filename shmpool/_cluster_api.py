@@ -157,7 +157,7 @@ class ClusterArrays:
             offsets = self._offsets(length, sum(a.nbytes for a in unique), chunks)
         plan = plan_chunks(length, [b - a for a, b in itertools.pairwise(offsets)] or None, 1, 0)
         arrays = MapArrays(unique, axes, tuple(layout), offsets, joined)
-        return ClusterSplit({}, {}, wholes, length, 0, len(args), arrays), plan
+        return ClusterSplit({}, {}, wholes, length, 0, len(args), cluster=arrays), plan
 
     def _check_mine(self, a: ClusterArray, position: int) -> None:
         if not a.belongs_to(self._store):

@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import CancelledError
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import _pickling
@@ -67,7 +67,7 @@ class MapArrays:
 class ClusterSplit(SplitArgs):
     """The split of a map over cluster arrays (``chunked`` is empty: the arrays are here)."""
 
-    cluster: MapArrays
+    cluster: MapArrays = field(kw_only=True)  # after SplitArgs's fields with defaults
 
 
 class ClusterMapRun:

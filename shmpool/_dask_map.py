@@ -8,6 +8,7 @@ errors for tasks that Dask (not the kernel) failed.
 from __future__ import annotations
 
 import functools
+import io
 import pickle
 import queue
 import re
@@ -16,7 +17,6 @@ import uuid
 from concurrent.futures import CancelledError
 from typing import Any
 
-import cloudpickle
 import numpy as np
 from distributed.scheduler import KilledWorker
 
@@ -27,6 +27,7 @@ from ._dask_worker import Payload, run_chunk
 from ._halo import HaloSpec
 from ._protocol import RemoteError
 from ._remote import rebuild_error
+from ._source import SourcePickler
 from .errors import WorkerCrashedError
 
 __all__ = ["CHUNKS_IN_FLIGHT_PER_THREAD", "DaskMapRun", "crash_error", "dumps", "failure_of", "task_name"]
@@ -42,13 +43,15 @@ CHUNKS_IN_FLIGHT_PER_THREAD = 3
 
 
 def dumps(obj: object, what: str) -> bytes:
-    # Plain cloudpickle, not shmpool._pickling: a SharedPool array must travel by value to
-    # another machine, not as a reference to a block there is no way to reach.
+    # cloudpickle (keeping code's file names), not shmpool._pickling: a SharedPool array
+    # must travel by value to another machine, not as a reference to a block there is no
+    # way to reach.
+    buffer = io.BytesIO()
     try:
-        data: bytes = cloudpickle.dumps(obj, protocol=5)
+        SourcePickler(buffer, protocol=5).dump(obj)
     except Exception as exc:
         raise TypeError(f"{what} cannot be pickled to send to the workers: {exc}") from exc
-    return data
+    return buffer.getvalue()
 
 
 def task_name(name: str) -> str:

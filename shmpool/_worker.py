@@ -29,6 +29,7 @@ from ._active import mark_worker_process
 from ._control import PREPARING, ControlBlock
 from ._halo import NO_MARGINS, HaloViews, chunk_slot
 from ._lifeline import default_ending_signals, watch_parent
+from ._origin import user_frames
 from ._protocol import InitFailed, MapDone, MapJob, Ready, Release, RemoteError, Stop, TaskBatch, TaskDone
 from ._segments import raise_fd_limit
 
@@ -61,10 +62,11 @@ def remote_error(exc: BaseException, chunk: int | None) -> RemoteError:
     kind = type(exc)
     type_name = _safe_text(lambda: f"{kind.__module__}.{kind.__qualname__}", "<unknown exception type>")
     message = _safe_text(lambda: str(exc), f"<str() of the {type_name} raised too>")
+    tb = user_frames(exc.__traceback__)  # from the user's code on, as if it had run locally
     text = _safe_text(
-        lambda: "".join(traceback.format_exception(kind, exc, exc.__traceback__)),
+        lambda: "".join(traceback.format_exception(kind, exc, tb)),
         _safe_text(
-            lambda: "".join(traceback.format_tb(exc.__traceback__)) + f"{type_name}: {message}\n",
+            lambda: "".join(traceback.format_tb(tb)) + f"{type_name}: {message}\n",
             f"{type_name}: {message}\n",
         ),
     )

@@ -60,6 +60,7 @@ from ._dask_worker import Payload, origin, run_call, run_items
 from ._frontend import Pool, PoolStats
 from ._progress import resolve_progress
 from ._sizing import usable_cpus
+from ._without_main import hold_for_name
 from .errors import PoolClosedError
 
 __all__ = ["DaskBackend", "DaskPool"]
@@ -70,6 +71,11 @@ Array = np.ndarray  # type: ignore[type-arg]
 DaskClient = Any
 DaskFuture = Any
 _dask: Any = distributed
+
+# The name distributed's Nanny gives the worker process it starts (distributed/nanny.py).
+# A LocalCluster's workers need nothing of the caller's __main__ (tasks travel by value),
+# so the pool's own cluster starts them without it: a script needs no __main__ guard.
+NANNY_PROCESS_NAME = "Dask Worker process (from Nanny)"
 
 
 class _DaskBatch:
@@ -187,9 +193,12 @@ class DaskBackend:
         self._own_client: DaskClient | None = None
         self.cluster: Any = None
         self._last_workers = 1
+        self._release_main: Callable[[], None] | None = None
         if client is None:
             try:
                 if address is None:
+                    # Held while the cluster is open: the Nanny restarts workers that die.
+                    self._release_main = hold_for_name(NANNY_PROCESS_NAME)
                     self.cluster = _dask.LocalCluster(
                         n_workers=usable_cpus(),
                         threads_per_worker=1,  # kernels often hold the GIL: one per process
@@ -260,6 +269,8 @@ class DaskBackend:
                     thing.close()
                 except Exception:
                     pass
+        if self._release_main is not None:
+            self._release_main()
 
 
 class DaskPool(Pool):

@@ -36,6 +36,7 @@ from ._procmap import ProcessMapRun, ProcessStream
 from ._progress import resolve_progress
 from ._segments import block_folder, create_block, new_pool_tag, raise_fd_limit
 from ._sizing import check_workers
+from ._without_main import without_main
 from .errors import PoolClosedError
 
 __all__ = ["START_METHODS", "ProcessBackend", "SharedPool", "default_start_method"]
@@ -89,7 +90,8 @@ class ProcessBackend:
             # Under spawn and forkserver, workers boot while the manager starts.
             self.dispatcher = Dispatcher(ctx, workers, self.control, self.control_path, init_payload)
             if method != "fork":
-                manager.start()
+                with without_main():  # the manager runs shmpool's code only
+                    manager.start()
             manager_process = getattr(manager, "_process", None)  # no public handle
             if manager_process is not None:
                 forget_in_forked_children(manager_process)

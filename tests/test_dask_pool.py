@@ -642,3 +642,16 @@ def test_threads_share_a_pool(dask_pool: DaskPool) -> None:
     for t in threads:
         t.join()
     assert not errors, errors
+
+
+def test_remote_traceback_points_at_a_cell_kernel(dask_pool: DaskPool) -> None:
+    # The workers are processes that never saw the "cell": its lines travel with the kernel.
+    from .test_tracebacks import assert_points_at_cell, cell_kernel
+
+    kernel, filename = cell_kernel()
+    with pytest.raises(ZeroDivisionError) as info:
+        dask_pool.map(kernel, np.arange(8.0), chunks=4)
+    assert_points_at_cell(str(info.value.__cause__), filename)
+    with pytest.raises(ZeroDivisionError) as submitted:
+        dask_pool.submit(kernel, np.arange(8.0)).result()
+    assert_points_at_cell(str(submitted.value.__cause__), filename)
