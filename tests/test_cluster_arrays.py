@@ -37,7 +37,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
-def pool(dask_client: Any) -> Any:  # noqa: F811 - the imported fixture, by name
+def pool(dask_client: Any) -> Any:
     with DaskPool(dask_client) as p:
         yield p
     _wait_until_no_keys(dask_client)
@@ -284,7 +284,7 @@ def test_map_async_over_cluster_arrays_and_its_cancel(pool: Any) -> None:
 # ---- lifetime ---------------------------------------------------------------------------------
 
 
-def test_free_del_and_close_leave_nothing(dask_client: Any) -> None:  # noqa: F811
+def test_free_del_and_close_leave_nothing(dask_client: Any) -> None:
     with DaskPool(dask_client) as pool:
         x = pool.zeros(1000)
         y = pool.asarray(np.ones(1000))
@@ -308,7 +308,7 @@ def test_free_del_and_close_leave_nothing(dask_client: Any) -> None:  # noqa: F8
 
 def test_a_lost_worker_gives_a_clear_error_unless_dask_can_recompute(
     pool: Any,
-    dask_client: Any,  # noqa: F811
+    dask_client: Any,
 ) -> None:
     n = 300_000  # two chunks of 1.2 MB: over the 1 MiB that travels inside a task
     half, wide = n // 2, f"(indices {n // 2}:{n})"
@@ -349,7 +349,7 @@ def test_a_lost_worker_gives_a_clear_error_unless_dask_can_recompute(
     dask_client.wait_for_workers(2, timeout=60)
 
 
-def test_an_iterative_job_does_not_grow_the_scheduler(pool: Any, local_cluster: Any) -> None:  # noqa: F811
+def test_an_iterative_job_does_not_grow_the_scheduler(pool: Any, local_cluster: Any) -> None:
     x = pool.full(1000, 4.0)
     y = pool.empty_like(x)
     counts = []
@@ -362,7 +362,7 @@ def test_an_iterative_job_does_not_grow_the_scheduler(pool: Any, local_cluster: 
     assert counts[0] == counts[1] == counts[2] < 20, counts  # a map's tasks go when it is done
 
 
-def test_terminate_stops_a_cluster_map_and_close_waits_for_one(dask_client: Any) -> None:  # noqa: F811
+def test_terminate_stops_a_cluster_map_and_close_waits_for_one(dask_client: Any) -> None:
     pool = DaskPool(dask_client)
     x = _rechunk(pool, pool.zeros(20), 1)
     errors: list[BaseException] = []

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .conftest import SHM, START_METHODS, assert_clean_stderr
+from .conftest import SHM, START_METHODS, run_python
 
 COUNTER = """
 import os
@@ -48,17 +47,8 @@ def run_file(tmp_path: Path, code: str, *args: str, timeout: float = 120) -> sub
     (tmp_path / "sibling.py").write_text(SIBLING)
     script = tmp_path / "script.py"
     script.write_text(COUNTER + textwrap.dedent(code))
-    proc = subprocess.run(
-        [sys.executable, str(script), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONWARNINGS": "default"},
-    )
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    proc = run_python(str(script), *args, timeout=timeout, cwd=tmp_path)
     assert "Traceback" not in proc.stderr, proc.stderr
-    assert_clean_stderr(proc.stderr)
     return proc
 
 

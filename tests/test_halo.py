@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -12,19 +11,16 @@ from hypothesis import strategies as st
 
 import shmpool
 
-from . import conftest, kernels_halo
-
-try:
-    from .test_dask_pool import (  # noqa: F401 - fixtures used by name
-        DaskPool,
-        dask_client,
-        dask_cluster_processes_are_not_leaks,
-        local_cluster,
-    )
-except pytest.skip.Exception:  # Dask is optional
-    POOL_TYPES = ["SharedPool", "ThreadPool"]
-else:
-    POOL_TYPES = ["SharedPool", "ThreadPool", "DaskPool"]
+from . import kernels_halo
+from .any_pools import (  # noqa: F401 - fixtures used by name
+    POOL_TYPES,
+    DaskPool,
+    any_pool,
+    dask_client,
+    dask_cluster_processes_are_not_leaks,
+    fresh_pool,
+    local_cluster,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -40,41 +36,6 @@ def local_arrays(pool: shmpool.Pool) -> bool:
 
 def zeros_like(pool: shmpool.Pool, a: Any) -> Any:
     return pool.zeros_like(a) if local_arrays(pool) else np.zeros_like(a)
-
-
-@pytest.fixture(scope="module", params=POOL_TYPES)
-def any_pool(request: pytest.FixtureRequest) -> Iterator[shmpool.Pool]:
-    """A 2-worker SharedPool or ThreadPool, or a DaskPool on a 2-worker LocalCluster."""
-    pool: shmpool.Pool
-    if request.param == "SharedPool":
-        pool = shmpool.SharedPool(2, start_method="forkserver")
-        conftest._live_shared_pools.append(pool)
-    elif request.param == "ThreadPool":
-        pool = shmpool.ThreadPool(2)
-    else:
-        pool = DaskPool(request.getfixturevalue("dask_client"))
-    try:
-        yield pool
-    finally:
-        if isinstance(pool, shmpool.SharedPool):
-            conftest._live_shared_pools.remove(pool)
-        pool.close()
-
-
-@pytest.fixture(params=POOL_TYPES)
-def fresh_pool(request: pytest.FixtureRequest) -> Iterator[shmpool.Pool]:
-    """A new pool of each type, for a test that enters it (and so closes it)."""
-    pool: shmpool.Pool
-    if request.param == "SharedPool":
-        pool = shmpool.SharedPool(2, start_method="forkserver")
-    elif request.param == "ThreadPool":
-        pool = shmpool.ThreadPool(2)
-    else:
-        pool = DaskPool(request.getfixturevalue("dask_client"))
-    try:
-        yield pool
-    finally:
-        pool.close()
 
 
 def padded(x: np.ndarray, axis: int, before: int, after: int, boundary: Any) -> np.ndarray:  # type: ignore[type-arg]

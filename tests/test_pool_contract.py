@@ -26,20 +26,17 @@ import pytest
 import shmpool
 from shmpool.errors import RemoteTraceback
 
-from . import conftest, kernels
+from . import kernels
+from .any_pools import (  # noqa: F401 - fixtures used by name
+    POOL_TYPES,
+    DaskPool,
+    any_pool,
+    dask_client,
+    dask_cluster_processes_are_not_leaks,
+    fresh_pool,
+    local_cluster,
+)
 from .kernels_decorated import column_sums, saxpy, twice_saxpy
-
-try:
-    from .test_dask_pool import (  # noqa: F401 - fixtures used by name
-        DaskPool,
-        dask_client,
-        dask_cluster_processes_are_not_leaks,
-        local_cluster,
-    )
-except pytest.skip.Exception:  # Dask is optional: the contract still holds for SharedPool
-    POOL_TYPES = ["SharedPool", "ThreadPool"]
-else:
-    POOL_TYPES = ["SharedPool", "ThreadPool", "DaskPool"]
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -53,38 +50,6 @@ def local(a: Any) -> np.ndarray:
     """A pool array's values here: the array itself for SharedPool and ThreadPool (no copy),
     a cluster array's values gathered for DaskPool."""
     return np.asarray(a)
-
-
-def _make_pool(request: pytest.FixtureRequest) -> shmpool.Pool:
-    if request.param == "SharedPool":
-        return shmpool.SharedPool(2, start_method="forkserver")
-    if request.param == "ThreadPool":
-        return shmpool.ThreadPool(2)
-    return DaskPool(request.getfixturevalue("dask_client"))
-
-
-@pytest.fixture(scope="module", params=POOL_TYPES)
-def any_pool(request: pytest.FixtureRequest) -> Iterator[shmpool.Pool]:
-    """A 2-worker SharedPool or ThreadPool, or a DaskPool on a 2-worker LocalCluster."""
-    pool = _make_pool(request)
-    if isinstance(pool, shmpool.SharedPool):
-        conftest._live_shared_pools.append(pool)  # its blocks and workers are not leaks
-    try:
-        yield pool
-    finally:
-        if isinstance(pool, shmpool.SharedPool):
-            conftest._live_shared_pools.remove(pool)
-        pool.close()
-
-
-@pytest.fixture(params=POOL_TYPES)
-def fresh_pool(request: pytest.FixtureRequest) -> Iterator[shmpool.Pool]:
-    """A new pool of each type, not entered: for tests that enter or close it."""
-    pool = _make_pool(request)
-    try:
-        yield pool
-    finally:
-        pool.close()
 
 
 # ---- the API itself ---------------------------------------------------------------------------
