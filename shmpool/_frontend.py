@@ -17,7 +17,6 @@ it down: a forked child that inherits one gets a clear error from every call.
 from __future__ import annotations
 
 import enum
-import math
 import os
 import threading
 import weakref
@@ -29,18 +28,15 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from ._active import pop_active, push_active, register_created
+from ._allocation import Allocation
 from ._backend import Backend, MapOutcome
 from ._calls import Call, MapCall, SubmitCall
 from ._checks import (
     ItemRequest,
     check_callable,
-    check_dtype,
     check_imap,
     check_map,
-    check_order,
-    check_shape,
     kernel_name,
-    order_of,
 )
 from ._executor import PoolExecutor
 from ._futures import PendingFuture
@@ -80,7 +76,7 @@ def _shutdown_in_creator(backend: Backend, creator: int) -> None:
         backend.shutdown(kill=True)
 
 
-class Pool:
+class Pool(Allocation):
     """The pool API shared by :class:`~shmpool.SharedPool`, :class:`~shmpool.ThreadPool`
     and ``DaskPool``: allocation, ``map``, ``map_async``, ``submit``, ``imap``, lifecycle.
 
@@ -192,9 +188,17 @@ class Pool:
             raise PoolClosedError(f"this {self._backend.kind} is closed")
 
     def _register(self, call: Call) -> None:
+        # Every caller checked the process already (_check_open); the state is checked
+        # again under the lock, as a close() may have come in between.
         with self._lock:
-            self._check_open()
+            if self._state is not _State.RUNNING:
+                raise PoolClosedError(f"this {self._backend.kind} is closed")
             self._calls.add(call)
+
+    def _register_stream(self, call: Call) -> None:
+        # An imap's iterator starts at its first next(), which may come in a forked child.
+        self._check_creator()
+        self._register(call)
 
     def _unregister(self, call: Call) -> None:
         with self._lock:
@@ -219,94 +223,6 @@ class Pool:
         :class:`~shmpool.PoolExecutor`); shutting it down leaves the pool open."""
         return PoolExecutor(self)
 
-    # ---- allocation ---------------------------------------------------------------------
-
-    def empty(self, shape: int | Iterable[int], dtype: Any = float, order: str = "C") -> np.ndarray:  # type: ignore[type-arg]
-        """A new uninitialised array of the pool's."""
-        return self._allocate(shape, dtype, order, zero=False)
-
-    def zeros(self, shape: int | Iterable[int], dtype: Any = float, order: str = "C") -> np.ndarray:  # type: ignore[type-arg]
-        """A new array of zeros of the pool's."""
-        return self._allocate(shape, dtype, order, zero=True)
-
-    def full(
-        self, shape: int | Iterable[int], fill_value: Any, dtype: Any = None, order: str = "C"
-    ) -> np.ndarray:  # type: ignore[type-arg]
-        """A new array of the pool's filled with ``fill_value`` (dtype: ``fill_value``'s)."""
-        if dtype is None:
-            dtype = np.asarray(fill_value).dtype
-        return self._allocate(
-            shape, dtype, order, zero=False, fill=lambda out: out.__setitem__(..., fill_value)
-        )
-
-    def empty_like(self, a: Any, dtype: Any = None) -> np.ndarray:  # type: ignore[type-arg]
-        """A new uninitialised array of the pool's with the shape (and dtype, and C or F
-        order) of ``a``."""
-        a = np.asanyarray(a)
-        return self._allocate(a.shape, a.dtype if dtype is None else dtype, order_of(a), zero=False)
-
-    def zeros_like(self, a: Any, dtype: Any = None) -> np.ndarray:  # type: ignore[type-arg]
-        """A new array of zeros of the pool's with the shape (and dtype, and C or F order)
-        of ``a``."""
-        a = np.asanyarray(a)
-        return self._allocate(a.shape, a.dtype if dtype is None else dtype, order_of(a), zero=True)
-
-    def asarray(self, a: Any, dtype: Any = None) -> np.ndarray:  # type: ignore[type-arg]
-        """``a`` as the pool's array: ``a`` itself if the pool made it (and no other dtype is
-        asked for), else a copy."""
-        self._check_open()
-        if isinstance(a, np.ndarray) and (dtype is None or np.dtype(dtype) == a.dtype) and self.is_shared(a):
-            return a
-        source = np.asarray(a, dtype=dtype)
-        return self._allocate(
-            source.shape, source.dtype, order_of(source), zero=False, fill=lambda out: np.copyto(out, source)
-        )
-
-    def is_shared(self, a: Any) -> bool:
-        """Whether ``a`` (or the array it is a view of) was made by this pool and not freed."""
-        self._check_open()
-        return isinstance(a, np.ndarray) and self._backend.owns(a)
-
-    def free(self, a: np.ndarray) -> None:  # type: ignore[type-arg]
-        """Give the memory holding ``a`` back now instead of at shutdown.
-
-        All of it goes, whichever view of it ``a`` is. Arrays that still view it stay valid
-        (the memory is released when the last one is garbage-collected), but no longer count
-        as the pool's: passing one to a SharedPool's ``map`` copies it.
-        """
-        self._check_open()
-        if not isinstance(a, np.ndarray) or not self._backend.owns(a):
-            raise ValueError("free() takes an array allocated by this pool that was not freed yet")
-        self._backend.release(a)
-
-    def _allocate(
-        self,
-        shape: object,
-        dtype: Any,
-        order: str,
-        *,
-        zero: bool,
-        fill: Callable[[Array], object] | None = None,
-    ) -> np.ndarray:  # type: ignore[type-arg]
-        self._check_open()
-        checked_dtype = check_dtype(np.dtype(dtype))
-        dims = check_shape(shape)
-        check_order(order)
-        try:
-            nbytes = math.prod(d for d in dims if d) * checked_dtype.itemsize
-        except OverflowError:  # pragma: no cover - math.prod of ints does not overflow
-            nbytes = 2**63
-        if nbytes >= 2**63 or any(d >= 2**63 for d in dims):
-            raise ValueError(f"array is too big: shape {dims} of {checked_dtype} does not fit in memory")
-        out = self._backend.allocate(dims, checked_dtype, order, zero)
-        if fill is not None:
-            try:
-                fill(out)
-            except BaseException:
-                self._backend.release(out)  # a failed allocation leaves nothing behind
-                raise
-        return out
-
     # ---- map ----------------------------------------------------------------------------
 
     def map(
@@ -328,7 +244,8 @@ class Pool:
         ``chunks``: None (automatic), an int (indices per chunk) or a sequence of chunk
         lengths. ``progress``: a tqdm bar counting chunks (True, or a dict of tqdm options).
         ``timeout``: seconds, after which the map is stopped and TimeoutError raised.
-        A kernel's exception is raised here with its own type, the chunk named.
+        A kernel's exception is raised here with its own type, the chunk named. On a
+        DaskPool, a map over its cluster arrays runs each chunk where it lives.
         """
         return self._start_map(kernel, arrays, axis, chunks, progress, timeout, kwargs).run_to_end()
 
@@ -367,8 +284,9 @@ class Pool:
     ) -> MapCall:
         self._check_open()
         request = check_map(
-            kernel, arrays, axis, chunks, progress, self._default_progress, timeout, self.workers, kwargs
-        )
+            kernel, arrays, axis, chunks, progress, self._default_progress, timeout, self.workers, kwargs,
+            own=lambda: self._backend.split_own(arrays, axis, chunks),
+        )  # fmt: skip
         bar = (
             open_bar(len(request.plan), request.bar_options, "chunk", request.name)
             if request.bar_options is not None
@@ -434,7 +352,12 @@ class Pool:
         request = check_imap(fn, iterable, ordered, chunksize, progress, self._default_progress)
         stream = self._backend.open_stream(request, star=False)
         call = StreamCall(
-            request, stream, self.workers, self._backend.batch_target_s, self._register, self._unregister
+            request,
+            stream,
+            self.workers,
+            self._backend.batch_target_s,
+            self._register_stream,
+            self._unregister,
         )
         return call.iterate(iter(iterable))
 

@@ -28,6 +28,7 @@ from multiprocessing.process import BaseProcess
 from ._helpers import Helpers
 from ._inner import environment
 from ._lifeline import forget_in_forked_children
+from ._without_main import without_main
 from ._worker import worker_main
 
 __all__ = [
@@ -65,8 +66,11 @@ class Worker:
 
     def write(self, data: bytes) -> None:
         """Send ``data`` now; a dead worker is reported by its death watch, not here."""
-        with self._send_lock, contextlib.suppress(OSError, ValueError):
-            self.conn.send_bytes(data)
+        with self._send_lock:
+            try:
+                self.conn.send_bytes(data)
+            except (OSError, ValueError):
+                pass
 
     def send(self, data: bytes, helpers: Helpers, *, may_block: bool) -> None:
         """Send ``data``: now, when the caller ``may_block`` and the worker is ready with
@@ -80,7 +84,11 @@ class Worker:
                 flush = self.ready and not self._flushing
                 self._flushing = self._flushing or flush
         if direct:
-            self.write(data)
+            with self._send_lock:  # as write(), inlined: this runs once per message
+                try:
+                    self.conn.send_bytes(data)
+                except (OSError, ValueError):
+                    pass
         elif flush:
             helpers.post(self._flush)
 
@@ -142,7 +150,9 @@ def start_worker(
         name=f"shmpool-worker-{index}",
         daemon=True,
     )
-    with environment(env):
+    # The worker needs nothing of the caller's main (see _without_main); a spawned one
+    # gets the thread-limit variables from its very start (see _inner).
+    with without_main(), environment(env):
         process.start()
     forget_in_forked_children(process)
     child_conn.close()  # else the worker would never see EOF from our side
@@ -217,7 +227,10 @@ class Watcher:
         that fired, and whether the wake-up descriptor did."""
         events = self._poller.poll()
         ready = [self._owners[fd] for fd, _ in events if fd in self._owners]
-        return ready, any(fd == self._wakeup_fd for fd, _ in events)
+        woken = False
+        for fd, _ in events:
+            woken = woken or fd == self._wakeup_fd
+        return ready, woken
 
     def close(self) -> None:
         """Stop watching: close the pidfds still open."""

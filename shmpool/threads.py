@@ -26,6 +26,7 @@ from ._active import enter_worker_thread, in_worker
 from ._backend import BatchOutcome, Failure, ItemBatch, ItemStream, MapOutcome, MapRun
 from ._checks import ItemRequest, MapRequest
 from ._frontend import Pool
+from ._halo import NO_MARGINS, HaloViews, chunk_slot
 from ._inner import AUTO, ThreadLimiter, check_inner_threads
 from ._origin import attach_origin, traceback_text
 from ._owned import PrivateMemory
@@ -63,8 +64,9 @@ class _ThreadMapRun:
         split = request.split
         self._args: list[Any] = [split.chunked.get(i, split.wholes.get(i)) for i in range(split.count)]
         self._chunked: list[tuple[int, tuple[slice, ...]]] = [
-            (i, (slice(None),) * split.axes[i]) for i in split.chunked
+            (i, (slice(None),) * split.axes[i]) for i in split.chunked if i not in split.halos
         ]
+        self._halos = HaloViews(split.halos, split.axes, split.length) if split.halos else None
         runners = min(backend.workers, self._count)
         self._active = runners
         self._limiter = backend.limiter
@@ -73,7 +75,10 @@ class _ThreadMapRun:
             if runners == 0:
                 self._over.set()
             elif in_worker():
-                self._runner()  # a map from inside a kernel: run here rather than wait on ourselves
+                # A map from inside a kernel: one runner, here, rather than wait on ourselves
+                # (counted as one, or the map would wait for runners that never start).
+                self._active = 1
+                self._runner()
             else:
                 for _ in range(runners):
                     backend.submit(self._runner).add_done_callback(self._runner_ended)
@@ -84,6 +89,9 @@ class _ThreadMapRun:
     def _runner(self) -> None:
         kernel, kwargs, plan = self._request.kernel, self._request.kwargs, self._request.plan
         args = list(self._args)
+        halos, length = self._halos, plan.length
+        where = chunk_slot()  # what shmpool.chunk_info() reads, in this thread
+        outer = where[0]  # a map run inline from a kernel gives the outer chunk back after
         try:
             while True:
                 with self._lock:
@@ -94,7 +102,11 @@ class _ThreadMapRun:
                 low, high = plan.bounds(chunk)
                 for i, lead in self._chunked:
                     args[i] = self._args[i][lead + (slice(low, high),)]  # noqa: RUF005 - 3.10 syntax
+                if halos is None:
+                    where[0] = (chunk, low, high, length, NO_MARGINS)
                 try:
+                    if halos is not None:  # inside the try: a padded copy may not fit in memory
+                        halos.place(args, self._args, chunk, low, high, where)
                     value = kernel(*args, **kwargs)
                 except BaseException as exc:  # SystemExit too: it is the kernel's, not ours
                     with self._lock:
@@ -105,6 +117,7 @@ class _ThreadMapRun:
                 with self._lock:
                     self._run += 1
         finally:
+            where[0] = outer
             self._runner_ended(None)
 
     def _runner_ended(self, future: StdFuture[None] | None) -> None:

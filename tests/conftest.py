@@ -117,22 +117,30 @@ def pool(start_method: str) -> Iterator[shmpool.SharedPool]:
         yield p
 
 
-def run_script(
-    code: str, *args: str, timeout: float = 60, check: bool = True
+def run_python(
+    *args: str, timeout: float = 60, check: bool = True, cwd: str | os.PathLike[str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` in a fresh interpreter; fail on a non-zero exit (if ``check``) and on
-    any resource_tracker complaint or worker traceback on stderr."""
+    """Run ``python *args`` in a fresh interpreter; fail on a non-zero exit (if ``check``)
+    and on any resource_tracker complaint or worker traceback on stderr."""
     proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code), *args],
+        [sys.executable, *args],
         capture_output=True,
         text=True,
         timeout=timeout,
+        cwd=cwd,
         env={**os.environ, "PYTHONWARNINGS": "default"},
     )
     if check:
         assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert_clean_stderr(proc.stderr)
     return proc
+
+
+def run_script(
+    code: str, *args: str, timeout: float = 60, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """:func:`run_python` of ``code`` given as text."""
+    return run_python("-c", textwrap.dedent(code), *args, timeout=timeout, check=check)
 
 
 def assert_clean_stderr(stderr: str) -> None:

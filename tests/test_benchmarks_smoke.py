@@ -11,12 +11,9 @@ the day the real one lands."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from .conftest import assert_clean_stderr
+from .conftest import run_python
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE_TIMEOUT_S = 120  # it takes about 15 s on 2 cores; the margin is for slow CI machines
@@ -24,16 +21,9 @@ SMOKE_TIMEOUT_S = 120  # it takes about 15 s on 2 cores; the margin is for slow 
 
 def test_benchmark_smoke(tmp_path: Path) -> None:
     out = tmp_path / "smoke.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=SMOKE_TIMEOUT_S,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONWARNINGS": "default"},
+    proc = run_python(
+        str(ROOT / "benchmarks" / "run.py"), "--smoke", "--json", str(out), timeout=SMOKE_TIMEOUT_S, cwd=ROOT
     )
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert_clean_stderr(proc.stderr)
     table = proc.stdout
     assert "## Targets" in table
     for workload in ("W1", "W2", "W3", "W4", "W5", "W6", "W7"):
@@ -100,15 +90,7 @@ def test_fresh_output_smoke() -> None:
     """W8 (a fresh output each call, e2e and with the input shared) runs for every system it
     has, results checked against serial NumPy inside the script, and W9's three loop
     variants report; the targets are printed as ratios (asserted by nobody: timings)."""
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "fresh.py"), "--smoke"],
-        capture_output=True,
-        text=True,
-        timeout=SMOKE_TIMEOUT_S,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONWARNINGS": "default"},
-    )
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    proc = run_python(str(ROOT / "benchmarks" / "fresh.py"), "--smoke", timeout=SMOKE_TIMEOUT_S, cwd=ROOT)
     out = proc.stdout
     for system in ("shmpool", "threadpool", "cf_tpe", "shm_hand"):
         assert f"| {system} |" in out, out
@@ -116,3 +98,22 @@ def test_fresh_output_smoke() -> None:
     w9 = out.split("## W9")[1]
     for variant in ("reuse", "free", "drop"):
         assert f"| {variant} |" in w9, w9
+
+
+def test_stencil_benchmark_smoke() -> None:
+    """benchmarks/stencil.py at a tiny size: every system runs, and every result is equal
+    bit for bit to the serial one (the script exits 1 on a mismatch)."""
+    proc = run_python(
+        str(ROOT / "benchmarks" / "stencil.py"),
+        *("--n", "96", "--steps", "3", "--rounds", "1"),
+        timeout=SMOKE_TIMEOUT_S,
+        cwd=ROOT,
+    )
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "equal" in line]
+    assert {line.split(" | ")[0][2:] for line in rows} == {
+        "serial",
+        "shmpool",
+        "threadpool",
+        "dask-threads",
+        "dask-processes",
+    }, proc.stdout

@@ -20,36 +20,15 @@ import pytest
 
 import shmpool
 
-from . import conftest
-from .test_dask_pool import (  # noqa: F401 - fixtures used by name
+from .any_pools import (  # noqa: F401 - fixtures used by name
     DaskPool,
+    any_pool,
     dask_client,
     dask_cluster_processes_are_not_leaks,
     local_cluster,
 )
 
 pytestmark = pytest.mark.timeout(90)
-
-POOL_TYPES = ["SharedPool", "ThreadPool", "DaskPool"]
-
-
-@pytest.fixture(scope="module", params=POOL_TYPES)
-def any_pool(request: pytest.FixtureRequest) -> Iterator[shmpool.Pool]:
-    """A 2-worker pool of each type, shared by the module's tests."""
-    pool: shmpool.Pool
-    if request.param == "SharedPool":
-        pool = shmpool.SharedPool(2, start_method="forkserver")
-        conftest._live_shared_pools.append(pool)
-    elif request.param == "ThreadPool":
-        pool = shmpool.ThreadPool(2)
-    else:
-        pool = DaskPool(request.getfixturevalue("dask_client"))
-    try:
-        yield pool
-    finally:
-        if isinstance(pool, shmpool.SharedPool):
-            conftest._live_shared_pools.remove(pool)
-        pool.close()
 
 
 @pytest.fixture

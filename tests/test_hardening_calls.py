@@ -186,7 +186,7 @@ def test_interleaved_and_pool_views_are_not_overlaps(shared_pool: shmpool.Shared
     shared_pool.map(lambda a, b: None, ro, ro[::-1])  # read-only aliases cannot be undone
 
 
-def test_staging_cache_gives_way_on_a_small_tmpfs(tiny_tmpfs: Path) -> None:  # noqa: F811
+def test_staging_cache_gives_way_on_a_small_tmpfs(tiny_tmpfs: Path) -> None:
     with shmpool.SharedPool(2, start_method="forkserver", temp_folder=tiny_tmpfs) as pool:
         plain = np.zeros(125_000)  # 1 MB of the 4 MiB, staged and then kept for reuse
         pool.map(kernels.double_in_place, plain)

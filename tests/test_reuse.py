@@ -153,7 +153,7 @@ def test_the_cache_is_bounded(start_method: str) -> None:
         shmpool.SharedPool(1, cache_bytes=-1)
 
 
-def test_the_cache_gives_way_on_a_small_tmpfs(tiny_tmpfs: Path) -> None:  # noqa: F811
+def test_the_cache_gives_way_on_a_small_tmpfs(tiny_tmpfs: Path) -> None:
     with shmpool.SharedPool(
         2, start_method="forkserver", temp_folder=tiny_tmpfs, cache_bytes=4 * 2**20
     ) as pool:
