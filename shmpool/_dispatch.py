@@ -109,7 +109,6 @@ class Dispatcher:
         control: ControlBlock,
         control_path: str,
         init_payload: bytes | None,
-        *,
         worker_env: dict[str, str] | None = None,
     ):
         self._ctx = ctx
