@@ -29,6 +29,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from ._advance import advance
     from ._checks import whole
     from ._cluster_array import ClusterArray as ClusterArray  # DaskPool's arrays, not in __all__
     from ._executor import PoolExecutor
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _LAZY = {
+    "advance": "._advance",
     "whole": "._checks",
     # Imports Dask, which is optional (pip install "shmpool[dask]"): only on first use, and
     # not in __all__, so that "from shmpool import *" never needs Dask.
@@ -76,6 +78,7 @@ __all__ = [
     "WorkerCrashedError",
     "__version__",
     "active_pool",
+    "advance",
     "default_pool",
     "default_start_method",
     "kernel",

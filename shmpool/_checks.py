@@ -25,10 +25,12 @@ __all__ = [
     "SplitArgs",
     "Whole",
     "check_callable",
+    "check_chunk_timeout",
     "check_dtype",
     "check_imap",
     "check_map",
     "check_order",
+    "check_retries",
     "check_shape",
     "check_timeout",
     "find_overlap",
@@ -126,6 +128,23 @@ def check_timeout(timeout: object) -> float | None:
     if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"timeout must be a positive, finite number of seconds, got {timeout!r}")
     return value
+
+
+def check_retries(retries: object) -> int:
+    """``retries`` as a non-negative int (a bool is not one)."""
+    if isinstance(retries, bool) or not isinstance(retries, numbers.Integral):
+        raise TypeError(f"retries must be a non-negative int, got {retries!r}")
+    if retries < 0:
+        raise ValueError(f"retries must be a non-negative int, got {retries!r}")
+    return int(retries)
+
+
+def check_chunk_timeout(chunk_timeout: object) -> float | None:
+    """``chunk_timeout`` as seconds: None, or a finite positive number."""
+    try:
+        return check_timeout(chunk_timeout)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(str(exc).replace("timeout", "chunk_timeout", 1)) from None
 
 
 # np.shares_memory solves a small integer program per pair; past this much work it gives up,
@@ -231,6 +250,8 @@ class MapRequest:
     kwargs: dict[str, Any]
     bar_options: dict[str, Any] | None
     timeout: float | None
+    retries: int = 0  # runs more of a chunk whose worker died (see check_retries)
+    chunk_timeout: float | None = None  # seconds one chunk may run
 
     def where(self, chunk: int | None) -> str:
         """What raised, for messages: the kernel, and the chunk with its indices."""
@@ -250,6 +271,8 @@ def check_map(
     timeout: object,
     workers: int,
     kwargs: dict[str, Any],
+    retries: object = 0,
+    chunk_timeout: object = None,
 ) -> MapRequest:
     """Check the arguments of a map for a pool of ``workers``; raise on bad input."""
     check_callable(kernel, "kernel")
@@ -257,7 +280,11 @@ def check_map(
     plan = plan_chunks(split.length, chunks, workers, split.bytes_per_index)
     bar_options = resolve_progress(progress, default_progress)
     seconds = check_timeout(timeout)
-    return MapRequest(kernel, kernel_name(kernel), split, plan, kwargs, bar_options, seconds)
+    tries = check_retries(retries)
+    per_chunk = check_chunk_timeout(chunk_timeout)
+    return MapRequest(
+        kernel, kernel_name(kernel), split, plan, kwargs, bar_options, seconds, tries, per_chunk
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +297,7 @@ class ItemRequest:
     ordered: bool
     bar_options: dict[str, Any] | None
     total: int | None
+    retries: int = 0  # runs more of an item whose worker died
 
 
 def check_imap(

@@ -244,7 +244,7 @@ class OnCluster:
         if len(plan.offsets) == 1:
             return []
         bar = (
-            open_bar(len(plan.offsets) - 1, request.bar_options, "chunk", request.name)
+            open_bar(request.plan.length, request.bar_options, "index", request.name)
             if request.bar_options is not None
             else None
         )

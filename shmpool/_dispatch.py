@@ -77,6 +77,7 @@ from ._dispatch_calls import Call, MapCall, TaskCall
 from ._helpers import Helpers
 from ._protocol import InitFailed, MapDone, MapJob, Ready, Release, Stop, TaskDone
 from ._remote import rebuild_error
+from ._retries import RetryState
 from ._slots import SlotControl, SlotTable
 from ._workerproc import (
     WakeupPipe,
@@ -167,12 +168,12 @@ class Dispatcher:
         with self._lock:
             self._slots.release(slot)
 
-    def submit_map(self, job: Callable[[int, int], MapJob], total: int) -> MapCall:
+    def submit_map(self, job: Callable[[int, int], MapJob], total: int, retry: RetryState) -> MapCall:
         """Register a call of ``total`` chunks and send ``job(job_id, slot)`` to every worker,
         at once if a control slot is free, else when one frees. Never blocks on a slot."""
         with self._lock:
             self._check_usable()
-            call = MapCall(next(self._job_ids), self._slots.new_handle(), total, job)
+            call = MapCall(next(self._job_ids), self._slots.new_handle(), total, job, retry)
             sends = self._book.admit(call, self._workers)
         self._sends(sends)
         return call
@@ -248,6 +249,13 @@ class Dispatcher:
                 call.failure = PoolClosedError("the call was stopped before it started")
                 finished = self._book.maybe_finish(call)
         self._notify(finished)
+        kill_processes(stuck)
+
+    def stop_overdue(self, call: MapCall, limit: float) -> None:
+        """Kill the workers whose chunk of ``call`` has run over ``limit`` seconds (they are
+        replaced; each death is a crash of that chunk, retried if ``call`` has retries)."""
+        with self._lock:
+            stuck = self._book.overdue(call, limit)
         kill_processes(stuck)
 
     def release(self, paths: tuple[str, ...]) -> None:
@@ -392,9 +400,9 @@ class Dispatcher:
             if self.broken is not None:
                 finished += self._book.fail_all(self.broken)
             sends = self._serve_queue()
-        for call in handover:
+        for _, job in handover:
             assert replacement is not None
-            self._send(replacement, call.job)
+            self._send(replacement, job)
         self._notify(finished)
         self._sends(sends)
         return replacement

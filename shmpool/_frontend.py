@@ -318,6 +318,8 @@ class Pool:
         chunks: int | Iterable[int] | None = None,
         progress: bool | dict[str, Any] | None = None,
         timeout: float | None = None,
+        retries: int = 0,
+        chunk_timeout: float | None = None,
         **kwargs: Any,
     ) -> list[Any]:
         """Run ``kernel(*chunk_views, **kwargs)`` over chunks of ``arrays`` in the workers.
@@ -326,11 +328,18 @@ class Pool:
         one chunk and writes its results in place. Arguments wrapped in :func:`whole` are
         passed whole to every call. Returns the kernel's return values in chunk order.
         ``chunks``: None (automatic), an int (indices per chunk) or a sequence of chunk
-        lengths. ``progress``: a tqdm bar counting chunks (True, or a dict of tqdm options).
+        lengths. ``progress``: a tqdm bar counting indices along ``axis`` (True, or a dict
+        of tqdm options), which kernels may move with :func:`shmpool.advance`.
         ``timeout``: seconds, after which the map is stopped and TimeoutError raised.
-        A kernel's exception is raised here with its own type, the chunk named.
+        ``retries``: how many more times a chunk whose worker died (a signal, ``os._exit``,
+        the out-of-memory killer; not an exception) runs on a replacement worker before the
+        map raises WorkerCrashedError; the kernel must then be safe to run twice on a chunk.
+        ``chunk_timeout``: seconds a chunk may run before its worker is killed (a crash of
+        that chunk, for ``retries``). A kernel's exception is raised here with its own
+        type, the chunk named.
         """
-        return self._start_map(kernel, arrays, axis, chunks, progress, timeout, kwargs).run_to_end()
+        options = (progress, timeout, retries, chunk_timeout)
+        return self._start_map(kernel, arrays, axis, chunks, options, kwargs).run_to_end()
 
     def map_async(
         self,
@@ -341,6 +350,8 @@ class Pool:
         chunks: int | Iterable[int] | None = None,
         progress: bool | dict[str, Any] | None = None,
         timeout: float | None = None,
+        retries: int = 0,
+        chunk_timeout: float | None = None,
         **kwargs: Any,
     ) -> Future[list[Any]]:
         """Like :meth:`map`, but return once the map is sent: a Future of its results.
@@ -348,7 +359,9 @@ class Pool:
         Bad arguments raise here, never through the future. ``future.cancel()`` works until
         the map has finished: unstarted chunks are skipped and the future is cancelled.
         """
-        call = self._start_map(kernel, arrays, axis, chunks, progress, timeout, kwargs)
+        call = self._start_map(
+            kernel, arrays, axis, chunks, (progress, timeout, retries, chunk_timeout), kwargs
+        )
         future: PendingFuture[list[Any]] = PendingFuture(on_cancel=call.cancel)
         threading.Thread(
             target=future.settle, args=(call.run_to_end,), name="shmpool-map-async", daemon=True
@@ -361,16 +374,21 @@ class Pool:
         arrays: tuple[Any, ...],
         axis: object,
         chunks: object,
-        progress: object,
-        timeout: object,
+        options: tuple[object, object, object, object],
         kwargs: dict[str, Any],
     ) -> MapCall:
         self._check_open()
+        progress, timeout, retries, chunk_timeout = options
         request = check_map(
-            kernel, arrays, axis, chunks, progress, self._default_progress, timeout, self.workers, kwargs
-        )
+            kernel, arrays, axis, chunks, progress, self._default_progress, timeout, self.workers, kwargs,
+            retries, chunk_timeout,
+        )  # fmt: skip
+        if request.chunk_timeout is not None and self._backend.no_chunk_timeout is not None:
+            raise ValueError(
+                f"chunk_timeout is not available on a {self._backend.kind}: {self._backend.no_chunk_timeout}"
+            )
         bar = (
-            open_bar(len(request.plan), request.bar_options, "chunk", request.name)
+            open_bar(request.plan.length, request.bar_options, "index", request.name)
             if request.bar_options is not None
             else None
         )

@@ -177,6 +177,10 @@ class DaskBackend(PrivateMemory):
     # imap chunksize="auto": a Dask task costs milliseconds of scheduling, so a batch should
     # carry ten times more work than a SharedPool's to make that cost small.
     batch_target_s = 0.1
+    no_chunk_timeout: str | None = (
+        "Dask cannot stop one running task; use timeout= for the whole map (its running "
+        "tasks then finish on their workers, their results dropped)"
+    )
 
     def __init__(self, client: DaskClient | None, address: str | None):
         super().__init__()

@@ -7,6 +7,10 @@ each thread views of the caller's own arrays, and kernels, lambdas and closures 
 directly. A map's chunks are claimed one at a time from a counter by up to ``workers``
 runners on a ``concurrent.futures.ThreadPoolExecutor``.
 
+A map's ``retries`` never come into play: a thread does not die the way a process does
+(a kernel's exception, ``SystemExit`` included, is raised to the caller, never retried),
+and ``os._exit`` or a fatal signal ends the whole process. ``chunk_timeout`` is refused.
+
 Threads cannot be killed. A chunk still running when its map times out, is cancelled
 after the grace, or the pool is terminated runs to its end in its thread and may still
 write into the arrays; its result is dropped, and :meth:`ThreadPool.close` waits for it.
@@ -23,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ._active import enter_worker_thread, in_worker
+from ._advance import Tally, install
 from ._backend import BatchOutcome, Failure, ItemBatch, ItemStream, MapOutcome, MapRun
 from ._checks import ItemRequest, MapRequest
 from ._frontend import Pool
@@ -66,10 +71,16 @@ class _ThreadMapRun:
         ]
         runners = min(backend.workers, self._count)
         self._active = runners
+        # With a bar, each runner's indices done (shmpool.advance moves its entry).
+        self._tallies: list[int] | None = [0] * runners if request.bar_options is not None else None
+        self._runners = iter(range(runners))
         if runners == 0:
             self._over.set()
         elif in_worker():
-            self._runner()  # a map from inside a kernel: run here rather than wait on ourselves
+            # A map from inside a kernel: one runner, here, rather than wait on ourselves
+            # (counted as one, or the map would wait for runners that never start).
+            self._active = 1
+            self._runner()
         else:
             for _ in range(runners):
                 backend.submit(self._runner).add_done_callback(self._runner_ended)
@@ -77,6 +88,10 @@ class _ThreadMapRun:
     def _runner(self) -> None:
         kernel, kwargs, plan = self._request.kernel, self._request.kwargs, self._request.plan
         args = list(self._args)
+        tallies = self._tallies
+        with self._lock:
+            tally = None if tallies is None else Tally(tallies, next(self._runners))
+        outer = install(tally)
         try:
             while True:
                 with self._lock:
@@ -87,6 +102,8 @@ class _ThreadMapRun:
                 low, high = plan.bounds(chunk)
                 for i, lead in self._chunked:
                     args[i] = self._args[i][lead + (slice(low, high),)]  # noqa: RUF005 - 3.10 syntax
+                if tally is not None:
+                    tally.limit = tally.words[tally.index] + high - low
                 try:
                     value = kernel(*args, **kwargs)
                 except BaseException as exc:  # SystemExit too: it is the kernel's, not ours
@@ -95,9 +112,12 @@ class _ThreadMapRun:
                         self._stopped = True
                     return
                 self._results[chunk] = value
+                if tally is not None:
+                    tally.words[tally.index] = tally.limit  # the whole chunk counts
                 with self._lock:
                     self._run += 1
         finally:
+            install(outer)
             self._runner_ended(None)
 
     def _runner_ended(self, future: StdFuture[None] | None) -> None:
@@ -114,8 +134,10 @@ class _ThreadMapRun:
     def wait(self, timeout: float | None) -> bool:
         return self._over.wait(timeout)
 
-    def chunks_done(self) -> int:
-        return self._run
+    def indices_done(self) -> int:
+        if self._tallies is None:
+            return 0
+        return sum(self._tallies)
 
     def cancel(self) -> None:
         with self._lock:
@@ -197,6 +219,11 @@ class ThreadBackend(PrivateMemory):
     kind = "ThreadPool"
     # imap chunksize="auto": a batch costs a queue hand-off, tens of microseconds.
     batch_target_s = 0.01
+    no_chunk_timeout: str | None = (
+        "a thread cannot be stopped while it runs a chunk; use timeout= for the whole map "
+        "(its chunks then run to their end in their threads), or a SharedPool, whose "
+        "workers are processes"
+    )
 
     def __init__(self, workers: int):
         super().__init__()

@@ -22,6 +22,7 @@ EXPECTED = {
     "WorkerCrashedError",
     "__version__",
     "active_pool",
+    "advance",
     "default_pool",
     "default_start_method",
     "kernel",
