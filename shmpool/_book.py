@@ -65,7 +65,8 @@ class CallBook:
         worker.load += 1
         call.waiting = {worker}
         batch = TaskBatch(call.job_id, call.real, call.fn, call.items, call.first, call.star)
-        return [(worker, pickle.dumps(batch, protocol=5))]
+        call.job = pickle.dumps(batch, protocol=5)
+        return [(worker, call.job)]
 
     def admit(self, call: Call, workers: list[Worker]) -> list[tuple[Worker, bytes]]:
         """Register ``call``; start it on ``workers`` if a slot is at hand, else queue it."""
@@ -143,12 +144,12 @@ class CallBook:
         affected: list[Call],
         replacement: Worker | None,
         killing: bool,
-    ) -> tuple[list[Call], list[tuple[MapCall, bytes]]]:
+    ) -> tuple[list[Call], list[tuple[Call, bytes]]]:
         """Hand each call of ``affected`` over to ``replacement`` where the death lost
         nothing, or give it the lost chunks of a map with retries left, else fail it; the
         calls to notify, and the maps and jobs to send ``replacement``."""
         finished: list[Call] = []
-        handover: list[tuple[MapCall, bytes]] = []
+        handover: list[tuple[Call, bytes]] = []
         for call in affected:
             usable = (
                 replacement is not None
@@ -187,6 +188,25 @@ class CallBook:
                         job = dataclasses.replace(call.record, redo=redo)
                         handover.append((call, pickle.dumps(job, protocol=5)))
                     finished += self.maybe_finish(call)
+                    continue
+                call.failure = error
+            if (
+                replacement is not None
+                and isinstance(call, TaskCall)
+                and call.retry.retries
+                and call.failure is None
+                and not call.killed
+                and not (call.handle is not None and call.handle.cancelled)
+            ):
+                running = self._block.current_chunk(call.real, worker.index) if call.real >= 0 else None
+                item = call.first if call.star else running
+                if call.real >= 0:
+                    self._block.forget(call.real, worker.index)
+                error = call.retry.crashed(item, describe_exit(exitcode), exitcode)
+                if error is None:  # the whole batch again: its results died with the worker
+                    replacement.load += 1
+                    call.waiting.add(replacement)
+                    handover.append((call, call.job))
                     continue
                 call.failure = error
             if call.failure is None:

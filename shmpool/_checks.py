@@ -307,9 +307,11 @@ def check_imap(
     chunksize: object,
     progress: object,
     default_progress: object,
+    retries: object = 0,
 ) -> ItemRequest:
     """Check the arguments of an imap; raise on bad input."""
     check_callable(fn, "fn")
+    tries = check_retries(retries)
     if chunksize != "auto" and (
         isinstance(chunksize, bool) or not isinstance(chunksize, numbers.Integral) or chunksize < 1  # type: ignore[operator]
     ):
@@ -322,4 +324,4 @@ def check_imap(
     except TypeError:
         total = None
     fixed = None if chunksize == "auto" else int(chunksize)  # type: ignore[call-overload]
-    return ItemRequest(fn, kernel_name(fn), fixed, bool(ordered), bar_options, total)
+    return ItemRequest(fn, kernel_name(fn), fixed, bool(ordered), bar_options, total, tries)

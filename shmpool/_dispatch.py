@@ -189,6 +189,7 @@ class Dispatcher:
         slot: int = -1,
         on_done: Callable[[Call], None] | None = None,
         inline: bool = False,
+        retries: int = 0,
     ) -> TaskCall:
         """Send one batch of calls to the least busy worker (see :class:`TaskBatch`);
         ``slot`` is a handle from :meth:`acquire_slot`, or -1.
@@ -202,7 +203,7 @@ class Dispatcher:
             handle = self._slots.get(slot) if slot >= 0 else None
             if slot >= 0 and handle is None:
                 raise ValueError(f"slot {slot} was not acquired, or was released")
-            call = TaskCall(next(self._job_ids), handle, fn, items, first, count, star)
+            call = TaskCall(next(self._job_ids), handle, fn, items, first, count, star, retries)
             call.on_done = on_done
             call.inline_done = inline
             sends = self._book.admit(call, self._workers)

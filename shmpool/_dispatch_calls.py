@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 
 from ._protocol import MapDone, MapJob, RemoteError, TaskDone
-from ._retries import RetryState
+from ._retries import ItemRetries, RetryState
 from ._workerproc import Worker
 
 __all__ = ["Call", "Handle", "MapCall", "TaskCall"]
@@ -78,9 +78,19 @@ class TaskCall(Call):
     """One batch of calls (a ``submit``, or ``imap`` items from ``first``) on one worker."""
 
     def __init__(
-        self, job_id: int, handle: Handle | None, fn: bytes, items: bytes, first: int, count: int, star: bool
+        self,
+        job_id: int,
+        handle: Handle | None,
+        fn: bytes,
+        items: bytes,
+        first: int,
+        count: int,
+        star: bool,
+        retries: int = 0,
     ):
         super().__init__(job_id, handle, set())
+        self.retry = ItemRetries(retries)
+        self.job = b""  # the pickled TaskBatch, sent again to a replacement (retries)
         self.fn = fn
         self.items = items
         self.first = first

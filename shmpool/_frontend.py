@@ -38,6 +38,7 @@ from ._checks import (
     check_imap,
     check_map,
     check_order,
+    check_retries,
     check_shape,
     kernel_name,
     order_of,
@@ -408,15 +409,16 @@ class Pool:
 
     # ---- submit and imap ----------------------------------------------------------------
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+    def submit(self, fn: Callable[..., T], /, *args: Any, retries: int = 0, **kwargs: Any) -> Future[T]:
         """Run ``fn(*args, **kwargs)`` in a worker; a Future of its result.
 
         ``cancel()`` works until the call has finished; a call already running still runs,
-        and its result is dropped.
+        and its result is dropped. ``retries``: how many more times the call runs on a
+        replacement when its worker dies (never after an exception of ``fn``).
         """
         self._check_open()
         check_callable(fn, "fn")
-        request = ItemRequest(fn, kernel_name(fn), 1, True, None, 1)
+        request = ItemRequest(fn, kernel_name(fn), 1, True, None, 1, check_retries(retries))
         stream = self._backend.open_stream(request, star=True)
         call = SubmitCall(request, stream, self._unregister)
         self._register(call)
@@ -436,6 +438,7 @@ class Pool:
         ordered: bool = True,
         chunksize: int | Literal["auto"] = 1,
         progress: bool | dict[str, Any] | None = None,
+        retries: int = 0,
     ) -> Iterator[T]:
         """An iterator of ``fn(item)`` for each item of ``iterable``, run in the workers.
 
@@ -446,10 +449,12 @@ class Pool:
         ``fn`` is raised from the iterator at that item's position (after the results
         before it), and the remaining items are cancelled; so is closing the iterator
         early. An exception from the iterable itself is raised after the results of the
-        items before it. ``progress``: a tqdm bar counting items.
+        items before it. ``progress``: a tqdm bar counting items (shmpool.advance() does
+        nothing here). ``retries``: how many more times an item runs when its worker dies;
+        its whole batch runs again, so ``fn`` must be safe to run twice on an item.
         """
         self._check_open()
-        request = check_imap(fn, iterable, ordered, chunksize, progress, self._default_progress)
+        request = check_imap(fn, iterable, ordered, chunksize, progress, self._default_progress, retries)
         stream = self._backend.open_stream(request, star=False)
         call = StreamCall(
             request, stream, self.workers, self._backend.batch_target_s, self._register, self._unregister

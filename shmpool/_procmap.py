@@ -317,6 +317,7 @@ class ProcessStream:
             # imap's on_landed only puts the batch's number on a queue; a submit's settles
             # a future, whose done-callbacks are user code.
             inline=not self._star,
+            retries=self._request.retries,
         )
         with self._lock:
             if not call.done.is_set():

@@ -33,7 +33,7 @@ from ._chunks import ChunkPlan
 from ._control import ControlBlock
 from .errors import WorkerCrashedError
 
-__all__ = ["Attempt", "RetryState", "settle_death"]
+__all__ = ["Attempt", "ItemRetries", "RetryState", "settle_death"]
 
 Attempt = tuple[int | None, int, int, str]  # chunk (None: between chunks), start, stop, reason
 
@@ -109,3 +109,35 @@ def settle_death(
         attempts=tuple(state.attempts),
     )
     return redo, finished - len(result_lost), error
+
+
+class ItemRetries:
+    """The retry bookkeeping of one batch of items (an ``imap`` batch, a ``submit``).
+
+    A batch's results travel in its one reply, so a death loses all of it: the whole batch
+    is sent again, and the item that was running when the worker died (None when that is
+    not known: it died unpickling the batch) is charged one attempt.
+    """
+
+    def __init__(self, retries: int):
+        self.retries = retries
+        self.attempts: list[Attempt] = []
+        self.tries: dict[int | None, int] = {}
+
+    def crashed(self, item: int | None, why: str, exitcode: int | None) -> WorkerCrashedError | None:
+        """Charge ``item`` one attempt; the error to fail with when it has no retry left."""
+        self.attempts.append((item, item or 0, (item or 0) + 1, why))
+        self.tries[item] = self.tries.get(item, 0) + 1
+        if self.tries[item] <= self.retries:
+            return None
+        where = f"item {item}" if item is not None else "a batch of items"
+        lines = "\n".join(
+            f"  {'item ' + str(i) if i is not None else 'unknown item'}: the worker {w}" for i, _, _, w in self.attempts
+        )
+        return WorkerCrashedError(
+            f"{where} crashed its worker {self.tries[item]} times, more than retries={self.retries} "
+            f"allows; every attempt:\n{lines}",
+            exitcode=exitcode,
+            chunk=item,
+            attempts=tuple(self.attempts),
+        )
