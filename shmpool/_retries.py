@@ -132,7 +132,8 @@ class ItemRetries:
             return None
         where = f"item {item}" if item is not None else "a batch of items"
         lines = "\n".join(
-            f"  {'item ' + str(i) if i is not None else 'unknown item'}: the worker {w}" for i, _, _, w in self.attempts
+            f"  {'item ' + str(i) if i is not None else 'unknown item'}: the worker {w}"
+            for i, _, _, w in self.attempts
         )
         return WorkerCrashedError(
             f"{where} crashed its worker {self.tries[item]} times, more than retries={self.retries} "
