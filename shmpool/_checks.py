@@ -273,8 +273,12 @@ def check_map(
     kwargs: dict[str, Any],
     retries: object = 0,
     chunk_timeout: object = None,
+    no_chunk_timeout: tuple[str, str | None] = ("pool", None),
 ) -> MapRequest:
-    """Check the arguments of a map for a pool of ``workers``; raise on bad input."""
+    """Check the arguments of a map for a pool of ``workers``; raise on bad input.
+
+    ``no_chunk_timeout``: the pool's kind, and why it cannot stop one chunk (None: it can).
+    """
     check_callable(kernel, "kernel")
     split = split_args(arrays, axis)
     plan = plan_chunks(split.length, chunks, workers, split.bytes_per_index)
@@ -282,6 +286,8 @@ def check_map(
     seconds = check_timeout(timeout)
     tries = check_retries(retries)
     per_chunk = check_chunk_timeout(chunk_timeout)
+    if per_chunk is not None and no_chunk_timeout[1] is not None:
+        raise ValueError(f"chunk_timeout is not available on a {no_chunk_timeout[0]}: {no_chunk_timeout[1]}")
     return MapRequest(
         kernel, kernel_name(kernel), split, plan, kwargs, bar_options, seconds, tries, per_chunk
     )

@@ -16,8 +16,9 @@ The map of the whole dispatch; ``[module]`` names the module that owns each step
                                  │                                   unpickle kernel and args;
       control block (shared memory): next-chunk counter ◀──────────  claim chunks: fcntl lock on
                                      cancel flag        ──────────▶  the slot, advance counter;
-      progress bar reads ◀────────── done / current chunk ◀────────  checked before each chunk
-                                 │                                   kernel(*views, **kwargs)
+      bar, crash reports ◀────────── per-worker words: done, ◀─────  checked before each chunk
+      and chunk_timeout read     │   current chunk, claimed run,     kernel(*views, **kwargs);
+                                 │   indices (advance), start time   it may call advance()
                                  └─▶ poll(pipes + pidfds) ◀────────  ONE MapDone per map
                                      [_workerproc.Watcher]
                                      route reply to its call
@@ -28,7 +29,9 @@ The map of the whole dispatch; ``[module]`` names the module that owns each step
       (run callbacks, flush sends)   supervisor must not block on
       [_helpers]                     pidfd fired: hand over or fail the
                                      calls the worker was in [_book],
-                                     start a new one [_workerproc]
+                                     start a new one [_workerproc];
+                                     with retries, send it the lost
+                                     chunks [_retries]
 
 Where each part lives (each docstring says more; none imports this module): here, the
 :class:`Dispatcher` (entry points, supervisor loop, shutdown), whose lock guards the first two:
@@ -39,6 +42,7 @@ Where each part lives (each docstring says more; none imports this module): here
 - ``_slots``: handles bound to the control block's ``MAX_SLOTS`` real slots, the queue
   of calls waiting for one, and :class:`SlotControl` (:attr:`Dispatcher.control`).
 - ``_dispatch_calls``: the records: :class:`MapCall`, :class:`TaskCall` and their slot handle.
+- ``_retries``: which chunks a dead worker lost, and when a chunk has no retry left.
 - ``_workerproc``: the parent's side of a worker: process, pipe, outbox, death watch, poll.
 - ``_helpers``: the helper threads (``on_done`` callbacks, outbox flushes).
 
@@ -53,14 +57,10 @@ Where each part lives (each docstring says more; none imports this module): here
 - A worker's death is watched through a pidfd (Linux), which only that process's exit can
   fire; multiprocessing's sentinel, the fallback, is a pipe end that processes forked by a
   kernel inherit and keep open.
-- Calls name their control slot by a *handle* that is never reused (``call.slot``, the
-  value of :meth:`Dispatcher.acquire_slot`); the dispatcher's slot table binds a handle to
-  one of the ``MAX_SLOTS`` real slots only while work of it is in flight, and queues work
-  when none is free. So any number of maps, imaps and futures may be open, a stale handle
-  can never touch another call's slot, and :attr:`Dispatcher.control` (which takes
-  handles) is safe to use after the pool is gone.
+- Calls name their control slot by a *handle* never reused (``call.slot``), bound to a real
+  slot only while work of it is in flight (``_slots``), so a stale handle touches nothing.
 - A call completes when every worker it was sent to has replied or died. The first kernel
-  error or death cancels the slot, so the others stop after their current chunk.
+  error or death (without retries left) cancels the slot; the others stop after their chunk.
 """
 
 from __future__ import annotations
@@ -253,8 +253,7 @@ class Dispatcher:
         kill_processes(stuck)
 
     def stop_overdue(self, call: MapCall, limit: float) -> None:
-        """Kill the workers whose chunk of ``call`` has run over ``limit`` seconds (they are
-        replaced; each death is a crash of that chunk, retried if ``call`` has retries)."""
+        """Kill the workers whose chunk of ``call`` has run over ``limit`` s (a crash)."""
         with self._lock:
             stuck = self._book.overdue(call, limit)
         kill_processes(stuck)

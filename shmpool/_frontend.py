@@ -329,40 +329,30 @@ class Pool:
         one chunk and writes its results in place. Arguments wrapped in :func:`whole` are
         passed whole to every call. Returns the kernel's return values in chunk order.
         ``chunks``: None (automatic), an int (indices per chunk) or a sequence of chunk
-        lengths. ``progress``: a tqdm bar counting indices along ``axis`` (True, or a dict
-        of tqdm options), which kernels may move with :func:`shmpool.advance`.
-        ``timeout``: seconds, after which the map is stopped and TimeoutError raised.
-        ``retries``: how many more times a chunk whose worker died (a signal, ``os._exit``,
-        the out-of-memory killer; not an exception) runs on a replacement worker before the
-        map raises WorkerCrashedError; the kernel must then be safe to run twice on a chunk.
-        ``chunk_timeout``: seconds a chunk may run before its worker is killed (a crash of
-        that chunk, for ``retries``). A kernel's exception is raised here with its own
-        type, the chunk named.
+        lengths. ``progress``: a tqdm bar of indices along ``axis`` (True, or tqdm options),
+        which kernels may move with :func:`shmpool.advance`. ``timeout``: seconds, after
+        which the map is stopped and TimeoutError raised. ``retries``: times a chunk whose
+        worker died (not by an exception) runs again before WorkerCrashedError; the kernel
+        must be safe to run twice on a chunk. ``chunk_timeout``: seconds a chunk may run
+        before its worker is killed (a crash, for ``retries``). A kernel's exception is
+        raised here with its own type, the chunk named.
         """
         options = (progress, timeout, retries, chunk_timeout)
         return self._start_map(kernel, arrays, axis, chunks, options, kwargs).run_to_end()
 
     def map_async(
-        self,
-        kernel: Callable[..., Any],
-        /,
-        *arrays: Any,
-        axis: int = 0,
-        chunks: int | Iterable[int] | None = None,
-        progress: bool | dict[str, Any] | None = None,
-        timeout: float | None = None,
-        retries: int = 0,
-        chunk_timeout: float | None = None,
+        self, kernel: Callable[..., Any], /, *arrays: Any, axis: int = 0,
+        chunks: int | Iterable[int] | None = None, progress: bool | dict[str, Any] | None = None,
+        timeout: float | None = None, retries: int = 0, chunk_timeout: float | None = None,
         **kwargs: Any,
-    ) -> Future[list[Any]]:
+    ) -> Future[list[Any]]:  # fmt: skip
         """Like :meth:`map`, but return once the map is sent: a Future of its results.
 
         Bad arguments raise here, never through the future. ``future.cancel()`` works until
         the map has finished: unstarted chunks are skipped and the future is cancelled.
         """
-        call = self._start_map(
-            kernel, arrays, axis, chunks, (progress, timeout, retries, chunk_timeout), kwargs
-        )
+        options = (progress, timeout, retries, chunk_timeout)
+        call = self._start_map(kernel, arrays, axis, chunks, options, kwargs)
         future: PendingFuture[list[Any]] = PendingFuture(on_cancel=call.cancel)
         threading.Thread(
             target=future.settle, args=(call.run_to_end,), name="shmpool-map-async", daemon=True
@@ -382,12 +372,8 @@ class Pool:
         progress, timeout, retries, chunk_timeout = options
         request = check_map(
             kernel, arrays, axis, chunks, progress, self._default_progress, timeout, self.workers, kwargs,
-            retries, chunk_timeout,
+            retries, chunk_timeout, (self._backend.kind, self._backend.no_chunk_timeout),
         )  # fmt: skip
-        if request.chunk_timeout is not None and self._backend.no_chunk_timeout is not None:
-            raise ValueError(
-                f"chunk_timeout is not available on a {self._backend.kind}: {self._backend.no_chunk_timeout}"
-            )
         bar = (
             open_bar(request.plan.length, request.bar_options, "index", request.name)
             if request.bar_options is not None
@@ -413,8 +399,7 @@ class Pool:
         """Run ``fn(*args, **kwargs)`` in a worker; a Future of its result.
 
         ``cancel()`` works until the call has finished; a call already running still runs,
-        and its result is dropped. ``retries``: how many more times the call runs on a
-        replacement when its worker dies (never after an exception of ``fn``).
+        and its result is dropped. ``retries``: as imap's.
         """
         self._check_open()
         check_callable(fn, "fn")
@@ -449,9 +434,8 @@ class Pool:
         ``fn`` is raised from the iterator at that item's position (after the results
         before it), and the remaining items are cancelled; so is closing the iterator
         early. An exception from the iterable itself is raised after the results of the
-        items before it. ``progress``: a tqdm bar counting items (shmpool.advance() does
-        nothing here). ``retries``: how many more times an item runs when its worker dies;
-        its whole batch runs again, so ``fn`` must be safe to run twice on an item.
+        items before it. ``progress``: a tqdm bar counting items. ``retries``: times an
+        item whose worker died runs again (with its batch: ``fn`` must allow that).
         """
         self._check_open()
         request = check_imap(fn, iterable, ordered, chunksize, progress, self._default_progress, retries)
