@@ -83,8 +83,13 @@ class BlockStore:
 
     def owns(self, a: Array) -> bool:
         """Whether ``a``'s memory lies in one of this store's blocks."""
+        return self.locate(a) is not None
+
+    def locate(self, a: Array) -> tuple[_arrays.Mapping, int] | None:
+        """Where ``a`` lies (:func:`shmpool._arrays.locate`), if in one of this store's
+        blocks; else None."""
         found = _arrays.locate(a)
-        return found is not None and found[0].path in self._blocks
+        return found if found is not None and found[0].path in self._blocks else None
 
     # ---- handing out --------------------------------------------------------------------
 

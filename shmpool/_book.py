@@ -11,7 +11,6 @@ to notify, and :mod:`shmpool._dispatch`, whose lock guards it, sends and notifie
 from __future__ import annotations
 
 import dataclasses
-import functools
 import pickle
 import time
 from concurrent.futures import CancelledError
@@ -40,15 +39,19 @@ class CallBook:
     Not thread-safe by itself: every method is called with the dispatcher's lock held.
     """
 
-    def __init__(self, slots: SlotTable):
+    def __init__(self, slots: SlotTable, workers: list[Worker]):
         self._slots = slots
         self._block = slots.block
+        # The dispatcher's list, which it changes in place (a replacement takes its
+        # predecessor's index), so the book always starts calls on the current workers.
+        self._workers = workers
         self.calls: dict[int, Call] = {}  # job id -> call, from submit until it ends
 
     # ---- starting -----------------------------------------------------------------------
 
-    def _start(self, workers: list[Worker], call: Call) -> list[tuple[Worker, bytes]]:
+    def _start(self, call: Call) -> list[tuple[Worker, bytes]]:
         """Start ``call`` on its handle's (bound) slot; the messages to send."""
+        workers = self._workers
         handle = call.handle
         call.started = True
         if handle is not None:
@@ -61,21 +64,27 @@ class CallBook:
             call.job = pickle.dumps(call.record, protocol=5)
             return [(w, call.job) for w in targets]
         assert isinstance(call, TaskCall)
-        worker = min((w for w in workers if w.alive), key=lambda w: w.load)
+        # The least busy live worker (a loop: this runs once per batch, min() with a key
+        # and a generator costs several calls more).
+        worker = None
+        for candidate in workers:
+            if candidate.alive and (worker is None or candidate.load < worker.load):
+                worker = candidate
+        assert worker is not None, "a call starts only while a worker is alive"
         worker.load += 1
         call.waiting = {worker}
         batch = TaskBatch(call.job_id, call.real, call.fn, call.items, call.first, call.star)
         call.job = pickle.dumps(batch, protocol=5)
         return [(worker, call.job)]
 
-    def admit(self, call: Call, workers: list[Worker]) -> list[tuple[Worker, bytes]]:
-        """Register ``call``; start it on ``workers`` if a slot is at hand, else queue it."""
+    def admit(self, call: Call) -> list[tuple[Worker, bytes]]:
+        """Register ``call``; start it if a slot is at hand, else queue it."""
         self.calls[call.job_id] = call
-        return self._slots.admit(call, functools.partial(self._start, workers))
+        return self._slots.admit(call, self._start)
 
-    def serve_queue(self, workers: list[Worker]) -> list[tuple[Worker, bytes]]:
+    def serve_queue(self) -> list[tuple[Worker, bytes]]:
         """Start queued calls while slots are free (first come, first served)."""
-        return self._slots.serve_queue(functools.partial(self._start, workers))
+        return self._slots.serve_queue(self._start)
 
     # ---- ending -------------------------------------------------------------------------
 

@@ -118,7 +118,8 @@ class Dispatcher:
         self._init_payload = init_payload
         self._lock = threading.Lock()
         self._slots = SlotTable(control)  # handles, real slots and the queue; under _lock
-        self._book = CallBook(self._slots)  # the calls in flight and queued; under _lock
+        self._workers: list[Worker] = []  # changed in place only: the book holds it too
+        self._book = CallBook(self._slots, self._workers)  # calls in flight and queued; under _lock
         self.control = SlotControl(self._slots, self._lock, self._cancel_handle)
         self._job_ids = itertools.count()
         self._stopping = False
@@ -127,7 +128,7 @@ class Dispatcher:
         self._startup_deaths = 0
         self._helpers = Helpers()
         self._wakeup = WakeupPipe()
-        self._workers = [self._start_worker(i) for i in range(workers)]
+        self._workers.extend(self._start_worker(i) for i in range(workers))
         self._supervisor = threading.Thread(target=self._supervise, name="shmpool-supervisor", daemon=True)
         self._supervisor.start()
 
@@ -147,9 +148,11 @@ class Dispatcher:
         nothing queued; else through its outbox, which a helper thread flushes once the
         worker is ready (so the supervisor, and a caller whose worker hangs in its
         initializer, never block on a pipe the worker does not read)."""
-        worker.send(data, self._helpers, may_block=threading.current_thread() is not self._supervisor)
+        worker.send(data, self._helpers, may_block=threading.get_ident() != self._supervisor.ident)
 
     def _sends(self, sends: list[tuple[Worker, bytes]]) -> None:
+        if not sends:  # the common case on a reply: nothing was queued
+            return
         for worker, data in sends:
             self._send(worker, data)
 
@@ -174,7 +177,7 @@ class Dispatcher:
         with self._lock:
             self._check_usable()
             call = MapCall(next(self._job_ids), self._slots.new_handle(), total, job, retry)
-            sends = self._book.admit(call, self._workers)
+            sends = self._book.admit(call)
         self._sends(sends)
         return call
 
@@ -206,7 +209,7 @@ class Dispatcher:
             call = TaskCall(next(self._job_ids), handle, fn, items, first, count, star, retries)
             call.on_done = on_done
             call.inline_done = inline
-            sends = self._book.admit(call, self._workers)
+            sends = self._book.admit(call)
         self._sends(sends)
         return call
 
@@ -218,9 +221,9 @@ class Dispatcher:
 
     def _serve_queue(self) -> list[tuple[Worker, bytes]]:
         """Start queued calls while slots are free (first come, first served). Lock held."""
-        if self._stopping and self._killing:
+        if not self._slots.queued or (self._stopping and self._killing):
             return []
-        return self._book.serve_queue(self._workers)
+        return self._book.serve_queue()
 
     def cancel(self, call: Call) -> None:
         """Stop ``call``: workers finish their current chunk or item and reply; a call not

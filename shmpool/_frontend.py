@@ -193,9 +193,17 @@ class Pool:
             raise PoolClosedError(f"this {self._backend.kind} is closed")
 
     def _register(self, call: Call) -> None:
+        # Every caller checked the process already (_check_open); the state is checked
+        # again under the lock, as a close() may have come in between.
         with self._lock:
-            self._check_open()
+            if self._state is not _State.RUNNING:
+                raise PoolClosedError(f"this {self._backend.kind} is closed")
             self._calls.add(call)
+
+    def _register_stream(self, call: Call) -> None:
+        # An imap's iterator starts at its first next(), which may come in a forked child.
+        self._check_creator()
+        self._register(call)
 
     def _unregister(self, call: Call) -> None:
         with self._lock:
@@ -311,31 +319,23 @@ class Pool:
     # ---- map ----------------------------------------------------------------------------
 
     def map(
-        self,
-        kernel: Callable[..., Any],
-        /,
-        *arrays: Any,
-        axis: int = 0,
-        chunks: int | Iterable[int] | None = None,
-        progress: bool | dict[str, Any] | None = None,
-        timeout: float | None = None,
-        retries: int = 0,
-        chunk_timeout: float | None = None,
+        self, kernel: Callable[..., Any], /, *arrays: Any, axis: int = 0,
+        chunks: int | Iterable[int] | None = None, progress: bool | dict[str, Any] | None = None,
+        timeout: float | None = None, retries: int = 0, chunk_timeout: float | None = None,
         **kwargs: Any,
-    ) -> list[Any]:
+    ) -> list[Any]:  # fmt: skip
         """Run ``kernel(*chunk_views, **kwargs)`` over chunks of ``arrays`` in the workers.
 
         Every array is split along ``axis`` into the same chunks; each call gets views of
         one chunk and writes its results in place. Arguments wrapped in :func:`whole` are
         passed whole to every call. Returns the kernel's return values in chunk order.
-        ``chunks``: None (automatic), an int (indices per chunk) or a sequence of chunk
-        lengths. ``progress``: a tqdm bar of indices along ``axis`` (True, or tqdm options),
-        which kernels may move with :func:`shmpool.advance`. ``timeout``: seconds, after
-        which the map is stopped and TimeoutError raised. ``retries``: times a chunk whose
-        worker died (not by an exception) runs again before WorkerCrashedError; the kernel
-        must be safe to run twice on a chunk. ``chunk_timeout``: seconds a chunk may run
-        before its worker is killed (a crash, for ``retries``). A kernel's exception is
-        raised here with its own type, the chunk named.
+        ``chunks``: None (automatic), an int (indices per chunk) or chunk lengths.
+        ``progress``: a tqdm bar of indices along ``axis`` (True, or tqdm options), which
+        kernels may move with :func:`shmpool.advance`. ``timeout``: seconds, after which the
+        map is stopped and TimeoutError raised. ``retries``: times a chunk whose worker died
+        (not by an exception) runs again before WorkerCrashedError: the kernel must allow
+        that. ``chunk_timeout``: seconds a chunk may run before its worker is killed (a crash,
+        for ``retries``). A kernel's exception is raised here with its own type.
         """
         options = (progress, timeout, retries, chunk_timeout)
         return self._start_map(kernel, arrays, axis, chunks, options, kwargs).run_to_end()
@@ -441,7 +441,12 @@ class Pool:
         request = check_imap(fn, iterable, ordered, chunksize, progress, self._default_progress, retries)
         stream = self._backend.open_stream(request, star=False)
         call = StreamCall(
-            request, stream, self.workers, self._backend.batch_target_s, self._register, self._unregister
+            request,
+            stream,
+            self.workers,
+            self._backend.batch_target_s,
+            self._register_stream,
+            self._unregister,
         )
         return call.iterate(iter(iterable))
 

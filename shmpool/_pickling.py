@@ -19,6 +19,7 @@ import cloudpickle
 import numpy as np
 
 from ._arrays import ref_of, view_from_ref
+from ._capture import capture_key
 
 __all__ = ["dumps", "dumps_kernel", "dumps_or_raise", "loads"]
 
@@ -80,25 +81,40 @@ def dumps_or_raise(obj: object, what: str) -> bytes:
 
 # Kernels that cloudpickle pickles by reference (importable module-level functions) give the
 # same bytes every time: keep them per function instead of pickling once per map. Kernels
-# pickled by value (lambdas, closures, __main__ functions) are pickled every time, since
-# what they capture may have changed.
+# pickled by value (lambdas, closures, __main__ functions) are kept with the key of what
+# they capture (:mod:`shmpool._capture`) and pickled again when it changed, or every time
+# when what they capture could change unseen.
 _by_reference: weakref.WeakKeyDictionary[Callable[..., Any], bytes] = weakref.WeakKeyDictionary()
+_by_value: weakref.WeakKeyDictionary[Callable[..., Any], tuple[tuple[Any, ...], bytes]] = (
+    weakref.WeakKeyDictionary()
+)
 _should_pickle_by_reference = getattr(cloudpickle.cloudpickle, "_should_pickle_by_reference", None)
 
 
 def dumps_kernel(kernel: Callable[..., Any], what: str) -> bytes:
-    """:func:`dumps_or_raise` for a kernel, cached when it pickles by reference."""
-    try:
-        cached = _by_reference.get(kernel)
-    except TypeError:  # not hashable or not weak-referenceable
+    """:func:`dumps_or_raise` for a kernel, kept between calls while its pickle would not
+    change (see above)."""
+    if _should_pickle_by_reference is None or not inspect.isfunction(kernel):
         return dumps_or_raise(kernel, what)
-    if cached is not None:
-        return cached
+    data = _by_reference.get(kernel)
+    if data is not None:
+        return data
+    try:
+        by_reference = _should_pickle_by_reference(kernel)
+    except Exception:
+        return dumps_or_raise(kernel, what)
+    if by_reference:
+        data = _by_reference[kernel] = dumps_or_raise(kernel, what)
+        return data
+    return _dumps_by_value(kernel, what)
+
+
+def _dumps_by_value(kernel: Callable[..., Any], what: str) -> bytes:
+    key = capture_key(kernel)
+    entry = _by_value.get(kernel)
+    if key is not None and entry is not None and entry[0] == key:
+        return entry[1]
     data = dumps_or_raise(kernel, what)
-    if _should_pickle_by_reference is not None and inspect.isfunction(kernel):
-        try:
-            if _should_pickle_by_reference(kernel):
-                _by_reference[kernel] = data
-        except Exception:
-            pass
+    if key is not None:
+        _by_value[kernel] = (key, data)
     return data

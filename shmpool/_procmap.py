@@ -55,20 +55,18 @@ class _Staging:
         self.bytes_back = 0
         self._shared_paths: set[str] = set()  # the blocks of the pool arrays passed
 
-    def _shared(self, array: Array) -> Array:
-        """``array`` if it lives in the pool, else its staged copy."""
-        found = _arrays.locate(array)
-        if found is None or not self._store.owns(array):
+    def _shared(self, array: Array, found: tuple[_arrays.Mapping, int] | None) -> Array:
+        """``array`` if it lives in the pool (``found`` where), else its staged copy."""
+        if found is None:
             return self._copy_of(array)
         self._shared_paths.add(found[0].path)
         return array
 
-    def _ref(self, array: Array) -> _arrays.ArrayRef:
-        """The reference of ``array`` in the pool, staging it first if it is not there."""
-        found = _arrays.locate(array)
-        if found is None or not self._store.owns(array):
+    def _ref(self, array: Array, found: tuple[_arrays.Mapping, int] | None) -> _arrays.ArrayRef:
+        """The reference of ``array``, which lives in the pool at ``found`` or is staged
+        first when ``found`` is None."""
+        if found is None:
             array = self._copy_of(array)
-            found = None
         else:
             self._shared_paths.add(found[0].path)
         ref = _arrays.ref_of(array, found)
@@ -93,12 +91,12 @@ class _Staging:
         copied: each would get its own copy, and copying the untouched one back would undo
         the kernel's writes through the other.
         """
-        plain = {
-            i: a
-            for i, a in [*split.chunked.items(), *split.wholes.items()]
-            if isinstance(a, np.ndarray) and not self._store.owns(a)
+        arrays = {
+            i: a for i, a in [*split.chunked.items(), *split.wholes.items()] if isinstance(a, np.ndarray)
         }
-        overlap = find_overlap(plain)
+        # Where each array argument lies in the pool, looked up once (None: a plain array).
+        found = {i: self._store.locate(a) for i, a in arrays.items()}
+        overlap = find_overlap({i: a for i, a in arrays.items() if found[i] is None})
         if overlap is not None:
             raise ValueError(
                 f"arguments {overlap[0]} and {overlap[1]} of map are plain arrays that share memory; "
@@ -108,10 +106,8 @@ class _Staging:
             )
         refs: list[_arrays.ArrayRef | None] = [None] * split.count
         for i, array in split.chunked.items():
-            refs[i] = self._ref(array)
-        wholes = {
-            i: self._shared(obj) if isinstance(obj, np.ndarray) else obj for i, obj in split.wholes.items()
-        }
+            refs[i] = self._ref(array, found[i])
+        wholes = {i: self._shared(obj, found[i]) if i in found else obj for i, obj in split.wholes.items()}
         return tuple(refs), wholes
 
     def finish(self, *, copy_back: bool, reusable: bool) -> None:
@@ -254,10 +250,20 @@ class ProcessMapRun:
 class _ProcessBatch:
     """One batch of items sent to a worker."""
 
-    def __init__(self, name: str, count: int):
+    def __init__(
+        self, name: str, count: int, in_flight: set[TaskCall], on_landed: Callable[[ItemBatch], None]
+    ):
         self.name = name
         self.count = count
         self.call: TaskCall | None = None
+        self._in_flight = in_flight
+        self._on_landed = on_landed
+
+    def landed(self, call: Any) -> None:
+        """The dispatcher's ``on_done`` for the batch's call: hand the batch on."""
+        self.call = call
+        self._in_flight.discard(call)
+        self._on_landed(self)
 
     def outcome(self) -> BatchOutcome:
         call = self.call
@@ -286,8 +292,9 @@ class ProcessStream:
         self._star = star
         self._fn = _pickling.dumps_or_raise(request.fn, f"function {request.name!r}")
         self._slot: int | None = None
+        # Added by the caller, discarded by the supervisor: single set operations, which
+        # are atomic (under the GIL, and per object in free-threaded builds), so no lock.
         self._in_flight: set[TaskCall] = set()
-        self._lock = threading.Lock()
         self._closed = False
 
     def send(self, items: list[Any], first: int, on_landed: Callable[[ItemBatch], None]) -> ItemBatch:
@@ -298,14 +305,7 @@ class ProcessStream:
             payload = _pickling.dumps_or_raise(items, f"imap items {first} to {first + len(items) - 1}")
             if self._slot is None:
                 self._slot = self._dispatcher.acquire_slot()
-        batch = _ProcessBatch(name, len(items))
-
-        def landed(call: Any) -> None:
-            batch.call = call
-            with self._lock:
-                self._in_flight.discard(call)
-            on_landed(batch)
-
+        batch = _ProcessBatch(name, len(items), self._in_flight, on_landed)
         call = self._dispatcher.submit_tasks(
             self._fn,
             payload,
@@ -313,15 +313,15 @@ class ProcessStream:
             first=first,
             star=self._star,
             slot=-1 if self._slot is None else self._slot,
-            on_done=landed,
+            on_done=batch.landed,
             # imap's on_landed only puts the batch's number on a queue; a submit's settles
             # a future, whose done-callbacks are user code.
             inline=not self._star,
             retries=self._request.retries,
         )
-        with self._lock:
-            if not call.done.is_set():
-                self._in_flight.add(call)
+        self._in_flight.add(call)
+        if call.done.is_set():  # it landed before the add: its discard came first
+            self._in_flight.discard(call)
         return batch
 
     def cancel(self) -> None:
@@ -333,8 +333,7 @@ class ProcessStream:
         if self._closed:
             return
         self._closed = True
-        with self._lock:
-            calls = list(self._in_flight)
+        calls = list(self._in_flight)
         if self._slot is not None:
             self._dispatcher.control.cancel(self._slot)
         for call in calls:

@@ -43,6 +43,11 @@ class SlotTable:
         self._free_slots = list(range(MAX_SLOTS))
         self._queue: collections.deque[Call] = collections.deque()  # waiting for a slot
 
+    @property
+    def queued(self) -> bool:
+        """Whether any call waits for a slot (read on every reply: kept cheap)."""
+        return bool(self._queue)
+
     def new_handle(self) -> Handle:
         handle = Handle(next(self._numbers))
         self._handles[handle.number] = handle

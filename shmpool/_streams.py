@@ -9,7 +9,6 @@ position after the results before it, and so does a failing iterable.
 from __future__ import annotations
 
 import collections
-import functools
 import itertools
 import queue
 import time
@@ -85,7 +84,8 @@ class StreamCall:
         self._started = started
         self._ended = ended
         self.stop: BaseException | None = None
-        self._arrived: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        # Batches as they land (the backend's thread puts them), None to wake for a stop.
+        self._arrived: queue.SimpleQueue[ItemBatch | None] = queue.SimpleQueue()
 
     def abort(self, error: BaseException) -> None:
         """Stop from any thread: the iterator raises ``error`` at its next step."""
@@ -93,15 +93,12 @@ class StreamCall:
         self.stream.cancel()
         self._arrived.put(None)
 
-    def _landed(self, number: int, batch: ItemBatch) -> None:
-        self._arrived.put(number)
-
     def iterate(self, items: Iterator[Any]) -> Iterator[Any]:
         """The generator behind ``imap``; nothing is sent before its first ``next()``."""
         request, stream = self.request, self.stream
         self._started(self)  # raises if the pool was closed meanwhile
         bar = None
-        in_flight: dict[int, ItemBatch] = {}
+        in_flight: dict[ItemBatch, int] = {}  # sent, not landed: batch -> its number
         landed: dict[int, ItemBatch] = {}
         try:
             if request.bar_options is not None:
@@ -128,10 +125,7 @@ class StreamCall:
                     if not batch_items:
                         exhausted = True
                         break
-                    number = next(numbers)
-                    in_flight[number] = stream.send(
-                        batch_items, position, functools.partial(self._landed, number)
-                    )
+                    in_flight[stream.send(batch_items, position, self._arrived.put)] = next(numbers)
                     position += len(batch_items)
                 if not in_flight and not landed:
                     if source_error is not None:
@@ -142,7 +136,7 @@ class StreamCall:
                     if self.stop is not None:
                         raise self.stop
                     if got is not None and got in in_flight:
-                        landed[got] = in_flight.pop(got)
+                        landed[in_flight.pop(got)] = got
                 if request.ordered:
                     batch = landed.pop(next_to_yield)
                     next_to_yield += 1

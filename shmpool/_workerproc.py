@@ -64,8 +64,11 @@ class Worker:
 
     def write(self, data: bytes) -> None:
         """Send ``data`` now; a dead worker is reported by its death watch, not here."""
-        with self._send_lock, contextlib.suppress(OSError, ValueError):
-            self.conn.send_bytes(data)
+        with self._send_lock:
+            try:
+                self.conn.send_bytes(data)
+            except (OSError, ValueError):
+                pass
 
     def send(self, data: bytes, helpers: Helpers, *, may_block: bool) -> None:
         """Send ``data``: now, when the caller ``may_block`` and the worker is ready with
@@ -79,7 +82,11 @@ class Worker:
                 flush = self.ready and not self._flushing
                 self._flushing = self._flushing or flush
         if direct:
-            self.write(data)
+            with self._send_lock:  # as write(), inlined: this runs once per message
+                try:
+                    self.conn.send_bytes(data)
+                except (OSError, ValueError):
+                    pass
         elif flush:
             helpers.post(self._flush)
 
@@ -208,7 +215,10 @@ class Watcher:
         that fired, and whether the wake-up descriptor did."""
         events = self._poller.poll()
         ready = [self._owners[fd] for fd, _ in events if fd in self._owners]
-        return ready, any(fd == self._wakeup_fd for fd, _ in events)
+        woken = False
+        for fd, _ in events:
+            woken = woken or fd == self._wakeup_fd
+        return ready, woken
 
     def close(self) -> None:
         """Stop watching: close the pidfds still open."""
