@@ -178,7 +178,16 @@ class CallBook:
                 assert replacement is not None
                 call.handovers[worker.index] = call.handovers.get(worker.index, 0) + 1
                 call.waiting.add(replacement)
-                handover.append((call, call.job))
+                # A replacement that died before it read the lost chunks it was sent passes
+                # them on (retries); any other passes the map's job on.
+                redo = call.retry.redo_sent.get(worker.index)
+                record = call.record
+                job = (
+                    pickle.dumps(dataclasses.replace(record, redo=redo), protocol=5)
+                    if redo and record
+                    else call.job
+                )
+                handover.append((call, job))
                 continue
             if (
                 usable
@@ -194,8 +203,8 @@ class CallBook:
                 if error is None:
                     if redo:
                         call.waiting.add(replacement)
-                        job = dataclasses.replace(call.record, redo=redo)
-                        handover.append((call, pickle.dumps(job, protocol=5)))
+                        rerun = dataclasses.replace(call.record, redo=redo)
+                        handover.append((call, pickle.dumps(rerun, protocol=5)))
                     finished += self.maybe_finish(call)
                     continue
                 call.failure = error

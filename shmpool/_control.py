@@ -85,10 +85,11 @@ class ControlBlock:
         return self._words[self._word(slot, _STARTED, worker)]
 
     def forget(self, slot: int, worker: int) -> None:
-        """A worker died: clear its current chunk, claim and start time, so its replacement
-        (which starts from these words) never reads them as its own. Its done and indices
-        words are kept: what it finished still counts."""
-        for kind in (_CURRENT, _CLAIMED, _STARTED):
+        """A worker died and the parent counted what it finished: clear its done count,
+        current chunk, claim and start time, so that its replacement (which starts from
+        these words) is never taken to have done or held them. Its indices word is kept:
+        the bar keeps what it showed."""
+        for kind in (_DONE, _CURRENT, _CLAIMED, _STARTED):
             self._words[self._word(slot, kind, worker)] = 0
 
     def worked_on(self, slot: int, worker: int) -> bool:

@@ -90,3 +90,16 @@ def crash_item_then_work(v: int, folder: str, bad: int, times: int) -> int:
     if v == bad and _first_times(folder, "item", times):
         os._exit(3)
     return v * 10
+
+
+def third_start_dies(folder: str) -> None:
+    """A worker initializer: the third worker to start (the first replacement of a 2-worker
+    pool) exits at once, before it reads any job."""
+    for number in range(100):
+        try:
+            os.close(os.open(os.path.join(folder, f"start-{number}"), os.O_CREAT | os.O_EXCL))
+            break
+        except FileExistsError:
+            continue
+    if number == 2:
+        os._exit(9)

@@ -221,3 +221,25 @@ def test_decorated_kernel_takes_the_options(pool: shmpool.SharedPool, tmp_path: 
     sums = decorated(x, out, folder=str(tmp_path), bad=7, times=1, how="exit")  # on the active pool
     assert sums == [10, 35, 60, 85] and np.array_equal(out, x * 2)
     assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_replacement_that_dies_before_its_lost_chunks_passes_them_on(
+    start_method: str, tmp_path: Path
+) -> None:
+    # The first replacement dies in its initializer, before it reads the chunks it was sent
+    # to run again: the next replacement gets them, and nothing is lost or counted twice.
+    starts, crashes = tmp_path / "starts", tmp_path / "crashes"
+    starts.mkdir()
+    crashes.mkdir()
+    with shmpool.SharedPool(
+        2, start_method=start_method, initializer=kernels_retry.third_start_dies, initargs=(str(starts),)
+    ) as pool:
+        x = pool.asarray(np.arange(200))
+        out = pool.zeros_like(x)
+        sums = pool.map(
+            kernels_retry.crash_then_work, x, out, chunks=10, retries=1,
+            folder=str(crashes), bad=95, times=1, how="kill",
+        )  # fmt: skip
+        assert sums == [int(x[i : i + 10].sum()) for i in range(0, 200, 10)]
+        assert np.array_equal(out, x * 2)
+        assert len(list(starts.iterdir())) == 4  # two workers, a replacement that died, and its own
