@@ -132,6 +132,8 @@ def check_timeout(timeout: object) -> float | None:
 
 def check_retries(retries: object) -> int:
     """``retries`` as a non-negative int (a bool is not one)."""
+    if type(retries) is int and retries >= 0:  # the common case, without an ABC check
+        return retries
     if isinstance(retries, bool) or not isinstance(retries, numbers.Integral):
         raise TypeError(f"retries must be a non-negative int, got {retries!r}")
     if retries < 0:
@@ -141,6 +143,8 @@ def check_retries(retries: object) -> int:
 
 def check_chunk_timeout(chunk_timeout: object) -> float | None:
     """``chunk_timeout`` as seconds: None, or a finite positive number."""
+    if chunk_timeout is None:
+        return None
     try:
         return check_timeout(chunk_timeout)
     except (TypeError, ValueError) as exc:
