@@ -6,7 +6,7 @@ W2 (``y = sqrt(x) * 2 + 1``, in place) on two float64 arrays of ``--mib`` MiB ea
 ``--iterations`` times ``map(step, x, y); x, y = y, x``, on a LocalCluster of 2 worker
 processes (one thread each):
 
-- ``cluster``: DaskPool with ``pool.on_cluster`` arrays, which stay on the workers;
+- ``cluster``: DaskPool with its own arrays (cluster arrays), which stay on the workers;
 - ``numpy``: DaskPool with plain NumPy arrays (every map ships the chunks both ways), for
   a few iterations only: it is the "before";
 - ``dask.array``: ``x = x.map_blocks(w2).persist()`` on the same cluster, same chunks;
@@ -65,14 +65,14 @@ def worker_bytes_sent(client: Any) -> int:
 
 
 def run_cluster(pool: DaskPool, n: int, iterations: int) -> tuple[float, float, float]:
-    x = pool.on_cluster.full(n, 4.0)
-    y = pool.on_cluster.empty_like(x)
-    pool.on_cluster.map(step, x, y)  # warm: the workers import and unpickle once
+    x = pool.full(n, 4.0)
+    y = pool.empty_like(x)
+    pool.map(step, x, y)  # warm: the workers import and unpickle once
     x, y = y, x
     before, sent = pool.stats, worker_bytes_sent(pool.client)
     start = time.perf_counter()
     for _ in range(iterations):
-        pool.on_cluster.map(step, x, y)
+        pool.map(step, x, y)
         x, y = y, x
     seconds = (time.perf_counter() - start) / iterations
     after = pool.stats
@@ -83,8 +83,8 @@ def run_cluster(pool: DaskPool, n: int, iterations: int) -> tuple[float, float, 
     ok = x[:3].tolist() == [expected(4.0, iterations + 1)] * 3 and float(x[-1]) == expected(
         4.0, iterations + 1
     )
-    pool.on_cluster.free(x)
-    pool.on_cluster.free(y)
+    pool.free(x)
+    pool.free(y)
     if not ok:
         raise SystemExit("cluster arrays: wrong result")
     return seconds, moved / iterations, workers / iterations

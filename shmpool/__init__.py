@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from ._cluster_array import ClusterArray as ClusterArray  # DaskPool's arrays, not in __all__
     from ._executor import PoolExecutor
     from ._frontend import Pool, PoolStats
+    from ._halo import ChunkInfo, chunk_info, halo
     from ._kernel import Kernel, active_pool, default_pool, kernel
     from ._sizing import usable_cpus
     from .dask_pool import DaskPool as DaskPool  # re-exported lazily, not in __all__
@@ -45,6 +46,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "advance": "._advance",
     "whole": "._checks",
+    "halo": "._halo",
+    "chunk_info": "._halo",
+    "ChunkInfo": "._halo",
     # Imports Dask, which is optional (pip install "shmpool[dask]"): only on first use, and
     # not in __all__, so that "from shmpool import *" never needs Dask.
     "DaskPool": ".dask_pool",
@@ -64,6 +68,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "ChunkInfo",
     "Kernel",
     "KernelError",
     "ManagerError",
@@ -79,8 +84,10 @@ __all__ = [
     "__version__",
     "active_pool",
     "advance",
+    "chunk_info",
     "default_pool",
     "default_start_method",
+    "halo",
     "kernel",
     "usable_cpus",
     "whole",

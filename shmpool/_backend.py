@@ -3,8 +3,8 @@
 The front end (:mod:`shmpool._frontend`) owns the public API, the checks, the waiting and
 the errors; a backend owns only where arrays live and how work reaches its workers:
 
-- :class:`Backend`: allocate / own / release arrays, start a map, open an item stream,
-  shut down.
+- :class:`Backend`: allocate / own / release arrays, split a map over arrays of its own
+  kind (a DaskPool's cluster arrays), start a map, open an item stream, shut down.
 - :class:`MapRun`: one started map. ``wait`` until it is over, ``indices_done`` for the bar,
   ``cancel`` (no more chunks start), ``kill`` (running chunks stop, where that is possible),
   and ``finish`` exactly once: copy back, release, and report a :class:`MapOutcome`.
@@ -24,7 +24,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ._checks import ItemRequest, MapRequest
+from ._checks import ItemRequest, MapRequest, SplitArgs
+from ._chunks import ChunkPlan
 
 __all__ = [
     "CANCEL_GRACE_S",
@@ -152,16 +153,28 @@ class Backend(Protocol):
         """What the pool's repr shows between its class name and its state."""
         ...
 
-    def allocate(self, shape: tuple[int, ...], dtype: np.dtype, order: str, zero: bool) -> np.ndarray:  # type: ignore[type-arg]
-        """A new array of the pool's, filled with zeros when ``zero``."""
+    def allocate(self, shape: tuple[int, ...], dtype: np.dtype, order: str, zero: bool, like: Any) -> Any:  # type: ignore[type-arg]
+        """A new array of the pool's, filled with zeros when ``zero``: a NumPy array, or an
+        array of the backend's own kind that supports ``a[...] = value``. ``like``: the
+        pool's array it is made like (:meth:`owns` it), or None; a backend may copy its
+        layout (a DaskPool's chunks and their workers)."""
         ...
 
-    def owns(self, a: np.ndarray) -> bool:  # type: ignore[type-arg]
-        """Whether ``a`` (or the array it views) is the pool's and was not released."""
+    def owns(self, a: Any) -> bool:
+        """Whether ``a`` (or the array it views) is the pool's and was not released; False
+        for anything else."""
         ...
 
-    def release(self, a: np.ndarray) -> None:  # type: ignore[type-arg]
+    def release(self, a: Any) -> None:
         """Give the memory of ``a`` (which :meth:`owns`) back now."""
+        ...
+
+    def split_own(
+        self, arrays: tuple[Any, ...], axis: object, chunks: object
+    ) -> tuple[SplitArgs, ChunkPlan] | None:
+        """The checked split and chunk plan of a map whose ``arrays`` are of the backend's
+        own kind (not NumPy arrays: a DaskPool's cluster arrays), raising on bad input; None
+        when they hold none, and the front end checks them as NumPy arrays."""
         ...
 
     def start_map(self, request: MapRequest) -> MapRun:

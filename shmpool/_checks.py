@@ -11,12 +11,13 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import numpy as np
 
 from ._chunks import ChunkPlan, plan_chunks
+from ._halo import Halo, HaloSpec, check_halos
 from ._progress import resolve_progress
 
 __all__ = [
@@ -183,6 +184,9 @@ class SplitArgs:
     length: int
     bytes_per_index: int
     count: int  # positional arguments in all
+    # position -> how far its views reach past the chunk (halo() arguments, which are also
+    # in ``chunked``, as read-only views: the kernel reads them only).
+    halos: dict[int, HaloSpec] = field(default_factory=dict)
 
 
 def _check_array(arg: Any, what: str) -> None:
@@ -210,7 +214,13 @@ def split_args(args: tuple[Any, ...], axis: object) -> SplitArgs:
     chunked: dict[int, Array] = {}
     axes: dict[int, int] = {}
     wholes: dict[int, Any] = {}
-    for i, arg in enumerate(args):
+    halos: dict[int, HaloSpec] = {}
+    for i, given in enumerate(args):
+        arg = given
+        if isinstance(given, Halo):
+            halos[i] = given.spec
+            arg = given.array.view()  # read-only: neighbouring chunks read its margins
+            arg.flags.writeable = False
         if isinstance(arg, Whole):
             if isinstance(arg.obj, np.ndarray):
                 _check_array(arg.obj, f"the whole() argument {i}")
@@ -240,7 +250,10 @@ def split_args(args: tuple[Any, ...], axis: object) -> SplitArgs:
         raise ValueError(f"arrays split along axis {axis} must have the same length along it; got {shapes}")
     length = next(iter(lengths.values()))
     per_index = sum(a.nbytes // a.shape[axes[i]] if a.shape[axes[i]] else 0 for i, a in chunked.items())
-    return SplitArgs(chunked, axes, wholes, length, per_index, len(args))
+    if halos:
+        others = {j: a for j, a in [*chunked.items(), *wholes.items()] if j not in halos}
+        check_halos(halos, {i: args[i].array for i in halos}, others, length)
+    return SplitArgs(chunked, axes, wholes, length, per_index, len(args), halos)
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,17 +288,24 @@ def check_map(
     timeout: object,
     workers: int,
     kwargs: dict[str, Any],
+    own: Callable[[], tuple[SplitArgs, ChunkPlan] | None] = lambda: None,
     retries: object = 0,
     chunk_timeout: object = None,
     no_chunk_timeout: tuple[str, str | None] = ("pool", None),
 ) -> MapRequest:
     """Check the arguments of a map for a pool of ``workers``; raise on bad input.
 
+    ``own()``: the backend's split and plan when the arrays are of its own kind (see
+    ``Backend.split_own``), else None, and they are checked here as NumPy arrays.
     ``no_chunk_timeout``: the pool's kind, and why it cannot stop one chunk (None: it can).
     """
     check_callable(kernel, "kernel")
-    split = split_args(arrays, axis)
-    plan = plan_chunks(split.length, chunks, workers, split.bytes_per_index)
+    mine = own()
+    if mine is None:
+        split = split_args(arrays, axis)
+        plan = plan_chunks(split.length, chunks, workers, split.bytes_per_index)
+    else:
+        split, plan = mine
     bar_options = resolve_progress(progress, default_progress)
     seconds = check_timeout(timeout)
     tries = check_retries(retries)

@@ -4,8 +4,10 @@ A cluster array is split along one axis (``axis``) at ``chunks`` (the boundaries
 the length); chunk *i* is the result of a Dask task, an ordinary NumPy array on one
 worker, held through a Dask future. What moves through the caller:
 
-- making one (``empty``, ``zeros``, ``full``, ``*_like``): only tasks; each worker makes its
-  chunks. ``asarray(a)`` scatters each chunk of ``a`` once, straight to its worker.
+- making one (a DaskPool's ``empty``, ``zeros``, ``full``, ``*_like``): only tasks; each
+  worker makes its chunks (``full`` then writes the value into them, a task per chunk).
+  ``asarray(a)`` makes empty chunks and writes ``a`` into them: each chunk's part travels
+  once, scattered straight to its worker (over ``EMBED_LIMIT``) or inside its write task.
 - reading (``a[key]``): each chunk the key touches sends the rows it touches, cut on the
   worker; ``np.asarray(a)`` and ``gather()`` fetch every chunk.
 - writing (``a[key] = v``): each chunk the key touches gets the part of ``v`` it needs, and
@@ -124,12 +126,13 @@ def _normalise(key: Any, ndim: int) -> tuple[Any, ...] | None:
 class ClusterArray:
     """An array kept in the memory of a DaskPool's workers (see :mod:`shmpool._cluster_array`).
 
-    Made by ``pool.on_cluster`` (``empty``, ``zeros``, ``full``, ``empty_like``,
-    ``zeros_like``, ``full_like``, ``asarray``) and passed to ``pool.on_cluster.map``.
-    ``chunks`` are the chunk boundaries along ``axis``. Reading (``a[key]``,
-    ``np.asarray(a)``, ``gather()``) returns NumPy arrays; ``a[key] = v`` writes on the
-    workers. Its chunks are released when the last reference to it goes, on
-    ``pool.on_cluster.free(a)``, and when the pool closes.
+    Made by a DaskPool's ``empty``, ``zeros``, ``full``, ``empty_like``, ``zeros_like``,
+    ``full_like`` and ``asarray``, and mapped over by its ``map`` (and ``map_async``, and
+    ``@shmpool.kernel``) where the chunks live. ``chunks`` are the chunk boundaries along
+    ``axis``. Reading (``a[key]``, ``np.asarray(a)``, ``gather()``) returns NumPy arrays;
+    ``a[key] = v`` writes on the workers. ``name`` names it in errors (settable). Its
+    chunks are released when the last reference to it goes, on ``pool.free(a)``, and when
+    the pool closes. It does not pickle: it cannot travel inside a task or a keyword.
     """
 
     def __init__(
@@ -176,6 +179,16 @@ class ClusterArray:
     def chunks(self) -> tuple[int, ...]:
         """The chunk boundaries along ``axis``: ``(0, ..., length)``."""
         return self._offsets
+
+    def belongs_to(self, store: ClusterStore) -> bool:
+        """Whether this array is one of ``store``'s (of that pool)."""
+        return self._store is store
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            f"cluster array {self.name!r} cannot be pickled: it lives on the cluster, and travels "
+            "only as a map's positional argument (chunked, or whole()); gather() it to send its values"
+        )
 
     def __len__(self) -> int:
         if not self.shape:
@@ -241,12 +254,18 @@ class ClusterArray:
         the workers the chunks are on, if known (the next map goes there without asking the
         scheduler)."""
         with self._lock:
-            if self._freed:
-                return  # freed while the map ran: drop its output too
-            self.axis = axis
-            self._offsets = tuple(int(o) for o in offsets)
-            self._futures = futures
-            self.homes = homes
+            freed = self._freed
+            if not freed:
+                self.axis = axis
+                self._offsets = tuple(int(o) for o in offsets)
+                self._futures = futures
+                self.homes = homes
+        if freed:  # freed while the map ran (or the pool closed): drop its output too
+            for future in futures:
+                try:
+                    future.release()
+                except Exception:
+                    pass  # the client is closing: its keys go with it
 
     def release(self) -> None:
         """Drop the chunks' futures: Dask frees their memory once no task needs them."""
@@ -328,12 +347,22 @@ class ClusterArray:
 
     def __setitem__(self, key: Any, value: Any) -> None:
         parts = _normalise(key, self.ndim)
-        if parts is None or not self.shape:
+        if parts is None:
             raise TypeError(
-                "a cluster array is written with ints, slices and Ellipsis only; for other keys, "
-                "gather it, write, and make it again with asarray"
+                "a cluster array is written with ints, slices and Ellipsis only (not index arrays, "
+                f"boolean masks or None), got {key!r}; for other keys, gather() it, write, and make "
+                "it again with pool.asarray"
             )
         client = self._store.client
+        if not self.shape:  # 0-d: one chunk, written whole
+            with self._lock:
+                (chunk,) = self.chunk_futures("writing to it")
+                data = np.asarray(value, dtype=self.dtype)
+                np.broadcast_shapes(data.shape, ())
+                new = client.submit(assign, chunk, (), data.reshape(()), pure=False)
+                self._store.count(sent=data.nbytes)
+                self.replace(self.axis, self._offsets, [new], homes=self.homes)
+            return
         with self._lock:
             split = parts[self.axis]
             chunks, _low, _high, rows = self._touched(split)
@@ -359,8 +388,9 @@ class ClusterArray:
                         cut = slice(inside[0], inside[-1] + 1)
                         piece = data[(slice(None),) * value_axis + (cut,)]
                 sent: Any = piece
-                if piece.nbytes > EMBED_LIMIT:
-                    sent = client.scatter(np.ascontiguousarray(piece), hash=False, direct=False)
+                if piece.nbytes > EMBED_LIMIT:  # straight to the worker holding the chunk
+                    home = self.homes[i] if self.homes is not None else None
+                    sent = client.scatter(np.ascontiguousarray(piece), workers=home, hash=False, direct=False)
                 new[i] = client.submit(
                     assign,
                     futures[i],

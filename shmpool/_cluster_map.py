@@ -7,7 +7,9 @@ Per chunk, three kinds of task (nothing else goes through the caller)::
       -> pick(..., k)      chunk i of array k, the same memory the kernel wrote in place
 
 When the run is over, each array holds the picks as its chunks (see
-:mod:`shmpool._cluster_array` for why a write makes a new key). An array whose chunks
+:mod:`shmpool._cluster_array` for why a write makes a new key), and the map returns only
+once they are in place: until then the scheduler still holds the run's lineage, and would
+recompute a lost chunk by running the kernel again instead of reporting it lost. An array whose chunks
 differ from the map's (other boundaries, or another axis) is first re-split by
 ``resplit`` tasks placed on the workers that will run the chunks: worker to worker. After
 the map, that array keeps the map's chunks.
@@ -21,40 +23,59 @@ import threading
 import time
 import uuid
 from concurrent.futures import CancelledError
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import _pickling
 from ._backend import MapOutcome
-from ._checks import MapRequest
+from ._checks import MapRequest, SplitArgs
 from ._cluster_array import ClusterArray, ClusterStore
 from ._cluster_worker import outcome_of, pick, resplit, run_on_chunks, take
 from ._dask_map import crash_error, dumps, failure_of, task_name
 from ._dask_worker import Payload
 
-__all__ = ["SPEC_IN_TASK_LIMIT", "ClusterMapRun", "MapArrays"]
+__all__ = ["SETTLE_S", "SPEC_IN_TASK_LIMIT", "ClusterMapRun", "ClusterSplit", "MapArrays"]
 
 DaskFuture = Any
+# How long a finished map waits for its written chunks to be taken as new keys (a task on
+# the worker that holds each, normally milliseconds) before returning anyway.
+SETTLE_S = 30.0
 # A spec (kernel, keywords, whole() arguments) up to this size travels inside every chunk
 # task: one task fewer per map. A bigger one is a task of its own, fetched once per worker.
 SPEC_IN_TASK_LIMIT = 64 * 1024
 
 
 class MapArrays:
-    """The distinct cluster arrays of a map, the argument layout, and the target chunks."""
+    """The distinct cluster arrays of a map, the argument layout, and the target chunks.
+
+    ``layout[position]``: the array's index in ``arrays``; -1 for a ``whole()`` object of
+    the caller's; ``-1 - j`` for ``joined[j - 1]``, a cluster array passed ``whole()``.
+    """
 
     def __init__(
-        self, arrays: list[ClusterArray], axes: list[int], layout: tuple[int, ...], offsets: list[int]
-    ):
+        self, arrays: list[ClusterArray], axes: list[int], layout: tuple[int, ...], offsets: list[int],
+        joined: list[ClusterArray],
+    ):  # fmt: skip
         self.arrays = arrays
         self.axes = axes
         self.layout = layout
         self.offsets = offsets
+        self.joined = joined
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSplit(SplitArgs):
+    """The split of a map over cluster arrays (``chunked`` is empty: the arrays are here)."""
+
+    cluster: MapArrays = field(kw_only=True)  # after SplitArgs's fields with defaults
 
 
 class ClusterMapRun:
     """One map over cluster arrays (see :class:`shmpool._backend.MapRun`)."""
 
-    def __init__(self, store: ClusterStore, request: MapRequest, plan: MapArrays):
+    def __init__(self, store: ClusterStore, request: MapRequest):
+        assert isinstance(request.split, ClusterSplit)
+        plan = request.split.cluster
         self._store = store
         self._client = store.client
         self._request = request
@@ -74,9 +95,16 @@ class ClusterMapRun:
         self._sources = [a.chunk_futures(where) for a in plan.arrays]
         self._homes = self._place()
         self._inputs = [self._aligned(k) for k in range(len(plan.arrays))]
+        # A whole() cluster array: every chunk task depends on all its chunks, so each
+        # worker fetches them (worker to worker) and joins them once per task.
+        joined = [a.chunk_futures(where) for a in plan.joined]
+        self._joined = [f for futures in joined for f in futures]
+        joins = tuple(
+            (a.axis, len(f), a.shape, a.dtype.str) for a, f in zip(plan.joined, joined, strict=True)
+        )
         kernel = dumps(request.kernel, f"kernel {request.name!r}")
         arguments = dumps((request.split.wholes, request.kwargs), "the whole() and keyword arguments")
-        spec = pickle.dumps((kernel, arguments, plan.layout), protocol=5)
+        spec = pickle.dumps((kernel, arguments, plan.layout, joins), protocol=5)
         self._spec: Any = spec
         self._spec_task: DaskFuture | None = None
         if len(spec) > SPEC_IN_TASK_LIMIT:
@@ -89,10 +117,14 @@ class ClusterMapRun:
         for i in range(count):
             chunks = [inputs[i] for inputs in self._inputs]
             run = self._client.submit(
-                run_on_chunks, self._spec, store.origin, i, *chunks,
+                run_on_chunks, self._spec, store.origin, i, *chunks, *self._joined,
                 key=f"{self._prefix}-{i}", workers=self._homes[i], allow_other_workers=self._homes[i] is not None, pure=False,
             )  # fmt: skip
-            result = self._client.submit(outcome_of, run, key=(f"{self._prefix}-outcome", i), pure=False)
+            # Pinned with its run: elsewhere, it would fetch the run's outputs, chunks and all.
+            result = self._client.submit(
+                outcome_of, run, key=(f"{self._prefix}-outcome", i), workers=self._homes[i],
+                allow_other_workers=self._homes[i] is not None, pure=False,
+            )  # fmt: skip
             self._runs[i] = run
             self._pending[result] = i
             result.add_done_callback(self._landed.put)
@@ -227,7 +259,11 @@ class ClusterMapRun:
             except Exception:
                 pass  # the client is closing (terminate): its tasks go with it
         self._pending.clear()
-        self._adopt()
+        try:
+            self._adopt()
+        except Exception as exc:  # the client closed meanwhile (terminate)
+            if self._outcome.failure is None:
+                self._outcome.failure = exc
         if self._spec_task is not None:
             try:
                 self._spec_task.release()
@@ -235,7 +271,7 @@ class ClusterMapRun:
                 pass
         # A finished run holds no futures: an exception's traceback (and so this run) can
         # outlive the map, and must not keep chunks alive on the workers.
-        self._sources, self._inputs, self._spec, self._spec_task = [], [], None, None
+        self._sources, self._inputs, self._joined, self._spec, self._spec_task = [], [], [], None, None
         outcome = self._outcome
         if outcome.failure is None and not outcome.errors and outcome.chunks_run < self._count:
             outcome.failure = CancelledError(f"map of kernel {self._request.name!r} was stopped")
@@ -262,7 +298,7 @@ class ClusterMapRun:
         homes: list[list[str] | None] = list(self._homes)
         for i in ran:
             homes[i] = sorted(holders.get(self._ran[i].key, ())) or None
-        takes: dict[int, list[DaskFuture]] = {i: [] for i in ran}
+        made: list[list[DaskFuture]] = []
         for k, array in enumerate(self._plan.arrays):
             chunks = []
             for i in range(self._count):
@@ -283,29 +319,39 @@ class ClusterMapRun:
                             pure=False,
                         )
                     )
-            for i in ran:
-                takes[i].append(chunks[i])
-            array.replace(self._plan.axes[k], self._plan.offsets, chunks, homes=homes)
+            made.append(chunks)
+        # Wait for the takes before releasing the runs (a take reads its run's key on its
+        # worker) and before returning: while a run's key is held, the scheduler would
+        # recompute a chunk lost with its worker by running the kernel again on the chunks
+        # before the map, and a later read would get either that or the error, by timing.
+        takes = [chunks[i] for chunks in made for i in ran]
+        _wait_for(takes, SETTLE_S)
+        landed = self._client.who_has(takes) if takes else {}
+        for k, array in enumerate(self._plan.arrays):
+            where = list(homes)
+            for i in ran:  # where each chunk is now, exactly: the next map goes there
+                where[i] = sorted(landed.get(made[k][i].key, ())) or homes[i]
+            array.replace(self._plan.axes[k], self._plan.offsets, made[k], homes=where)
         for i in ran:
-            _release_when_taken(self._ran[i], takes[i])
+            self._ran[i].release()
         self._runs.clear()
         self._ran.clear()
 
 
-def _release_when_taken(run: DaskFuture, takes: list[DaskFuture]) -> None:
-    """Release ``run`` once all ``takes`` of it have landed (however they ended)."""
-    left = [len(takes)]
-    lock = threading.Lock()
+def _wait_for(futures: list[DaskFuture], timeout: float) -> None:
+    """Wait until every future is done, however it ended (a worker lost meanwhile leaves
+    its chunks to raise the lost-chunk error), or ``timeout`` seconds have passed."""
+    left = [len(futures)]
+    lock, done = threading.Lock(), threading.Event()
 
     def landed(_: DaskFuture) -> None:
         with lock:
             left[0] -= 1
-            last = left[0] == 0
-        if last:
-            try:
-                run.release()
-            except Exception:
-                pass  # the client is closing: its keys go with it
+            if left[0] == 0:
+                done.set()
 
-    for take_future in takes:
-        take_future.add_done_callback(landed)
+    if not futures:
+        return
+    for future in futures:
+        future.add_done_callback(landed)
+    done.wait(timeout)

@@ -87,33 +87,50 @@ def outcome_of(outputs: tuple[Any, ...]) -> tuple[bytes | None, RemoteError | No
 
 def _load(spec: bytes | Payload) -> tuple[Any, ...]:
     raw = spec.raw if isinstance(spec, Payload) else spec
-    kernel, arguments, layout = pickle.loads(raw)
+    kernel, arguments, layout, joins = pickle.loads(raw)
     wholes, kwargs = pickle.loads(arguments)
-    return pickle.loads(kernel), wholes, kwargs, layout
+    return pickle.loads(kernel), wholes, kwargs, layout, joins
+
+
+def _read_only(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray) and obj.flags.writeable:
+        obj = obj.view()
+        obj.flags.writeable = False
+    return obj
 
 
 def run_on_chunks(spec: bytes | Payload, caller: str, index: int, *chunks: Array) -> tuple[Any, ...]:
     """Run the kernel on chunk ``index`` of each distinct array, in place.
 
-    Returns ``(result bytes, error, *chunks)``: the chunks are the objects the kernel wrote
-    (the arrived ones, unless they had to be made writable). ``whole()`` arrays are
-    read-only here: a write to one would stay on this worker and be lost.
+    ``chunks``: chunk ``index`` of each distinct array, then every chunk of each cluster
+    array passed ``whole()`` (joined here). Returns ``(result bytes, error, *chunks)``: the
+    chunks are the objects the kernel wrote (the arrived ones, unless they had to be made
+    writable). ``whole()`` arrays are read-only here: a write to one would stay on this
+    worker and be lost.
     """
     try:
-        kernel, wholes, kwargs, layout = _load(spec)
+        kernel, wholes, kwargs, layout, joins = _load(spec)
     except Exception as exc:
         return (None, remote_error(exc, None), *chunks)
     enter_worker(caller)
-    views = [_writable(c) for c in chunks]
+    split = max((slot for slot in layout if slot >= 0), default=-1) + 1
+    views = [_writable(c) for c in chunks[:split]]
+    joined: list[Array] = []
+    at = split
+    for along, count, shape, dtype in joins:
+        parts = chunks[at : at + count]
+        if count == 0:  # a zero-length array has no chunks
+            joined.append(np.empty(shape, dtype=np.dtype(dtype)))
+        else:
+            joined.append(np.concatenate(parts, axis=along) if count > 1 else np.asarray(parts[0]))
+        at += count
     args: list[Any] = []
     for position, slot in enumerate(layout):
         if slot >= 0:
             args.append(views[slot])
-            continue
-        obj = wholes[position]
-        if isinstance(obj, np.ndarray) and obj.flags.writeable:
-            obj = obj.view()
-            obj.flags.writeable = False
-        args.append(obj)
+        elif slot == -1:
+            args.append(_read_only(wholes[position]))
+        else:
+            args.append(_read_only(joined[-slot - 2]))
     packed, error = call_kernel(kernel, args, kwargs, index)
     return (packed, error, *views)

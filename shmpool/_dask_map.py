@@ -8,6 +8,7 @@ errors for tasks that Dask (not the kernel) failed.
 from __future__ import annotations
 
 import functools
+import io
 import pickle
 import queue
 import re
@@ -16,7 +17,6 @@ import uuid
 from concurrent.futures import CancelledError
 from typing import Any
 
-import cloudpickle
 import numpy as np
 from distributed.scheduler import KilledWorker
 
@@ -24,8 +24,10 @@ from . import _pickling
 from ._backend import Failure, MapOutcome
 from ._checks import MapRequest
 from ._dask_worker import Payload, run_chunk
+from ._halo import HaloSpec
 from ._protocol import RemoteError
 from ._remote import rebuild_error
+from ._source import SourcePickler
 from .errors import WorkerCrashedError
 
 __all__ = ["CHUNKS_IN_FLIGHT_PER_THREAD", "DaskMapRun", "crash_error", "dumps", "failure_of", "task_name"]
@@ -41,13 +43,15 @@ CHUNKS_IN_FLIGHT_PER_THREAD = 3
 
 
 def dumps(obj: object, what: str) -> bytes:
-    # Plain cloudpickle, not shmpool._pickling: a SharedPool array must travel by value to
-    # another machine, not as a reference to a block there is no way to reach.
+    # cloudpickle (keeping code's file names), not shmpool._pickling: a SharedPool array
+    # must travel by value to another machine, not as a reference to a block there is no
+    # way to reach.
+    buffer = io.BytesIO()
     try:
-        data: bytes = cloudpickle.dumps(obj, protocol=5)
+        SourcePickler(buffer, protocol=5).dump(obj)
     except Exception as exc:
         raise TypeError(f"{what} cannot be pickled to send to the workers: {exc}") from exc
-    return data
+    return buffer.getvalue()
 
 
 def task_name(name: str) -> str:
@@ -92,6 +96,10 @@ class DaskMapRun:
         self._unique: list[Array] = []
         self._axes: list[int] = []
         layout: list[int] = []
+        # A halo() argument's chunk travels with its margin (padded at the ends as its
+        # boundary says): the worker has no neighbours to read it from. Its view is a
+        # distinct read-only array, so it has a slot of its own and never comes back.
+        self._halos: dict[int, tuple[int, HaloSpec]] = {}  # slot -> (position, spec)
         for position in range(split.count):
             array = split.chunked.get(position)
             if array is None:
@@ -102,6 +110,8 @@ class DaskMapRun:
                 self._unique.append(array)
                 self._axes.append(split.axes[position])
             layout.append(slots[id(array)])
+            if position in split.halos:
+                self._halos[slots[id(array)]] = (position, split.halos[position])
         writable = tuple(bool(a.flags.writeable) for a in self._unique)
         read_only_wholes = frozenset(
             i for i, obj in split.wholes.items() if isinstance(obj, np.ndarray) and not obj.flags.writeable
@@ -135,14 +145,23 @@ class DaskMapRun:
     def _send_more(self) -> None:
         while not self._stopped and self._submitted < self._count and len(self._inflight) < self._window:
             index = self._submitted
-            chunk = tuple(
-                self._chunk(a, axis, index) for a, axis in zip(self._unique, self._axes, strict=True)
-            )
+            low, high = self._request.plan.bounds(index)
+            pieces: list[Array] = []
+            margins: dict[int, tuple[int, int]] = {}
+            for slot, (array, axis) in enumerate(zip(self._unique, self._axes, strict=True)):
+                halo = self._halos.get(slot)
+                if halo is None:
+                    pieces.append(self._chunk(array, axis, index))
+                    continue
+                view, margins[halo[0]] = halo[1].view(array, axis, low, high)
+                pieces.append(view)
+            chunk = tuple(pieces)
+            where = (low, high, self._request.plan.length, margins)
             # retries: Dask runs a task again when it failed other than by the kernel's own
             # exception (run_chunk returns those); a worker's death is rescheduled by the
             # scheduler itself (distributed.scheduler.allowed-failures).
             task = self._client.submit(
-                run_chunk, self._spec, index, chunk, key=(self._prefix, index), pure=False,
+                run_chunk, self._spec, index, chunk, where, key=(self._prefix, index), pure=False,
                 retries=self._request.retries,
             )  # fmt: skip
             self._outcome.bytes_in += sum(c.nbytes for c in chunk)

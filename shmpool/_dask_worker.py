@@ -19,6 +19,7 @@ import numpy as np
 
 from . import _pickling
 from ._active import mark_worker_process
+from ._halo import clear_chunk, enter_chunk
 from ._protocol import RemoteError
 from ._worker import first_unpicklable, remote_error
 
@@ -132,8 +133,13 @@ def call_kernel(
         return None, first_unpicklable([(index, value)], "chunk")[1]
 
 
-def run_chunk(payload: Payload, index: int, arrays: tuple[Array, ...]) -> tuple[Any, ...]:
+def run_chunk(
+    payload: Payload, index: int, arrays: tuple[Array, ...], where: tuple[Any, ...]
+) -> tuple[Any, ...]:
     """Run the kernel on one chunk: ``(result bytes, changed chunks, whole() diffs, error)``.
+
+    ``where`` is ``(start, stop, length, margins)``, what :func:`shmpool.chunk_info` tells
+    the kernel.
 
     ``arrays`` are this chunk of each distinct chunked array. A changed chunk is reported as
     ``(slot, array)``; a changed writable whole() array as ``(position, indices, values)``.
@@ -169,7 +175,11 @@ def run_chunk(payload: Payload, index: int, arrays: tuple[Array, ...]) -> tuple[
         elif isinstance(obj, np.ndarray) and obj.flags.writeable and position in read_only_wholes:
             obj.flags.writeable = False
         args.append(obj)
-    packed, error = call_kernel(kernel, args, kwargs, index)
+    enter_chunk(index, *where)
+    try:
+        packed, error = call_kernel(kernel, args, kwargs, index)
+    finally:
+        clear_chunk()
     del args
     # Changes are sent back after an error too: SharedPool keeps what a failing chunk wrote.
     changed = tuple((slot, views[slot]) for slot, old in before.items() if not _same_bytes(old, views[slot]))

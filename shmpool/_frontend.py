@@ -230,17 +230,15 @@ class Pool:
 
     # ---- allocation ---------------------------------------------------------------------
 
-    def empty(self, shape: int | Iterable[int], dtype: Any = float, order: str = "C") -> np.ndarray:  # type: ignore[type-arg]
-        """A new uninitialised array of the pool's."""
+    def empty(self, shape: int | Iterable[int], dtype: Any = float, order: str = "C") -> Any:
+        """A new uninitialised array of the pool's (a DaskPool's is a ClusterArray)."""
         return self._allocate(shape, dtype, order, zero=False)
 
-    def zeros(self, shape: int | Iterable[int], dtype: Any = float, order: str = "C") -> np.ndarray:  # type: ignore[type-arg]
+    def zeros(self, shape: int | Iterable[int], dtype: Any = float, order: str = "C") -> Any:
         """A new array of zeros of the pool's."""
         return self._allocate(shape, dtype, order, zero=True)
 
-    def full(
-        self, shape: int | Iterable[int], fill_value: Any, dtype: Any = None, order: str = "C"
-    ) -> np.ndarray:  # type: ignore[type-arg]
+    def full(self, shape: int | Iterable[int], fill_value: Any, dtype: Any = None, order: str = "C") -> Any:
         """A new array of the pool's filled with ``fill_value`` (dtype: ``fill_value``'s)."""
         if dtype is None:
             dtype = np.asarray(fill_value).dtype
@@ -248,43 +246,56 @@ class Pool:
             shape, dtype, order, zero=False, fill=lambda out: out.__setitem__(..., fill_value)
         )
 
-    def empty_like(self, a: Any, dtype: Any = None) -> np.ndarray:  # type: ignore[type-arg]
-        """A new uninitialised array of the pool's with the shape (and dtype, and C or F
-        order) of ``a``."""
+    def _like(self, a: Any) -> tuple[Any, Any, str]:
+        # The pool's own arrays as they are: np.asanyarray would fetch a cluster array whole.
+        if self._backend.owns(a):
+            return a, a, order_of(a) if isinstance(a, np.ndarray) else "C"
         a = np.asanyarray(a)
-        return self._allocate(a.shape, a.dtype if dtype is None else dtype, order_of(a), zero=False)
+        return a, None, order_of(a)
 
-    def zeros_like(self, a: Any, dtype: Any = None) -> np.ndarray:  # type: ignore[type-arg]
-        """A new array of zeros of the pool's with the shape (and dtype, and C or F order)
-        of ``a``."""
-        a = np.asanyarray(a)
-        return self._allocate(a.shape, a.dtype if dtype is None else dtype, order_of(a), zero=True)
+    def empty_like(self, a: Any, dtype: Any = None) -> Any:
+        """A new uninitialised array of the pool's shaped like ``a`` (dtype, C or F order;
+        a DaskPool's cluster array: its chunks, on the same workers)."""
+        a, like, order = self._like(a)
+        return self._allocate(a.shape, a.dtype if dtype is None else dtype, order, zero=False, like=like)
 
-    def asarray(self, a: Any, dtype: Any = None) -> np.ndarray:  # type: ignore[type-arg]
+    def zeros_like(self, a: Any, dtype: Any = None) -> Any:
+        """:meth:`empty_like`, of zeros."""
+        a, like, order = self._like(a)
+        return self._allocate(a.shape, a.dtype if dtype is None else dtype, order, zero=True, like=like)
+
+    def full_like(self, a: Any, fill_value: Any, dtype: Any = None) -> Any:
+        """:meth:`empty_like`, filled with ``fill_value`` (dtype: ``a``'s)."""
+        a, like, order = self._like(a)
+        fill = lambda out: out.__setitem__(..., fill_value)  # noqa: E731
+        return self._allocate(
+            a.shape, a.dtype if dtype is None else dtype, order, zero=False, like=like, fill=fill
+        )
+
+    def asarray(self, a: Any, dtype: Any = None) -> Any:
         """``a`` as the pool's array: ``a`` itself if the pool made it (and no other dtype is
         asked for), else a copy."""
         self._check_open()
-        if isinstance(a, np.ndarray) and (dtype is None or np.dtype(dtype) == a.dtype) and self.is_shared(a):
+        if (dtype is None or np.dtype(dtype) == getattr(a, "dtype", None)) and self._backend.owns(a):
             return a
         source = np.asarray(a, dtype=dtype)
-        return self._allocate(
-            source.shape, source.dtype, order_of(source), zero=False, fill=lambda out: np.copyto(out, source)
-        )
+        fill = lambda out: out.__setitem__(..., source)  # noqa: E731 - a cluster array too
+        return self._allocate(source.shape, source.dtype, order_of(source), zero=False, fill=fill)
 
     def is_shared(self, a: Any) -> bool:
         """Whether ``a`` (or the array it is a view of) was made by this pool and not freed."""
         self._check_open()
-        return isinstance(a, np.ndarray) and self._backend.owns(a)
+        return self._backend.owns(a)
 
-    def free(self, a: np.ndarray) -> None:  # type: ignore[type-arg]
+    def free(self, a: Any) -> None:
         """Give the memory holding ``a`` back now instead of at shutdown.
 
         All of it goes, whichever view of it ``a`` is. Arrays that still view it stay valid
         (the memory is released when the last one is garbage-collected), but no longer count
-        as the pool's: passing one to a SharedPool's ``map`` copies it.
-        """
+        as the pool's: passing one to a SharedPool's ``map`` copies it. A DaskPool's cluster
+        array is released on the cluster; using it afterwards raises ValueError."""
         self._check_open()
-        if not isinstance(a, np.ndarray) or not self._backend.owns(a):
+        if not self._backend.owns(a):
             raise ValueError("free() takes an array allocated by this pool that was not freed yet")
         self._backend.release(a)
 
@@ -295,8 +306,9 @@ class Pool:
         order: str,
         *,
         zero: bool,
-        fill: Callable[[Array], object] | None = None,
-    ) -> np.ndarray:  # type: ignore[type-arg]
+        fill: Callable[[Any], object] | None = None,
+        like: Any = None,
+    ) -> Any:
         self._check_open()
         checked_dtype = check_dtype(np.dtype(dtype))
         dims = check_shape(shape)
@@ -307,7 +319,7 @@ class Pool:
             nbytes = 2**63
         if nbytes >= 2**63 or any(d >= 2**63 for d in dims):
             raise ValueError(f"array is too big: shape {dims} of {checked_dtype} does not fit in memory")
-        out = self._backend.allocate(dims, checked_dtype, order, zero)
+        out = self._backend.allocate(dims, checked_dtype, order, zero, like)
         if fill is not None:
             try:
                 fill(out)
@@ -335,7 +347,8 @@ class Pool:
         map is stopped and TimeoutError raised. ``retries``: times a chunk whose worker died
         (not by an exception) runs again before WorkerCrashedError: the kernel must allow
         that. ``chunk_timeout``: seconds a chunk may run before its worker is killed (a crash,
-        for ``retries``). A kernel's exception is raised here with its own type.
+        for ``retries``). A kernel's exception is raised here with its own type. On a
+        DaskPool, a map over its cluster arrays runs each chunk where it lives.
         """
         options = (progress, timeout, retries, chunk_timeout)
         return self._start_map(kernel, arrays, axis, chunks, options, kwargs).run_to_end()
@@ -372,7 +385,8 @@ class Pool:
         progress, timeout, retries, chunk_timeout = options
         request = check_map(
             kernel, arrays, axis, chunks, progress, self._default_progress, timeout, self.workers, kwargs,
-            retries, chunk_timeout, (self._backend.kind, self._backend.no_chunk_timeout),
+            own=lambda: self._backend.split_own(arrays, axis, chunks), retries=retries,
+            chunk_timeout=chunk_timeout, no_chunk_timeout=(self._backend.kind, self._backend.no_chunk_timeout),
         )  # fmt: skip
         bar = (
             open_bar(request.plan.length, request.bar_options, "index", request.name)

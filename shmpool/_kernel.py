@@ -25,6 +25,7 @@ from typing import Any, overload
 from ._active import entered_pools, in_worker, newest_open_pool
 from ._checks import Whole
 from ._frontend import Pool
+from ._halo import Halo
 
 __all__ = ["Kernel", "active_pool", "default_pool", "kernel"]
 
@@ -119,7 +120,8 @@ class Kernel:
         """``active_pool().map(func, *arrays, **options, **kwargs)``; in a worker, run in place."""
         options, kwargs = self._split_options(kwargs)
         if in_worker():
-            args = [a.obj if isinstance(a, Whole) else a for a in arrays]
+            # In place, one call over all of each array: a halo() has no margin beyond it.
+            args = [a.obj if isinstance(a, Whole) else a.array if isinstance(a, Halo) else a for a in arrays]
             return [self.func(*args, **kwargs)]
         return active_pool().map(self.func, *arrays, **options, **kwargs)
 

@@ -1,9 +1,10 @@
 """Which ordinary NumPy arrays a pool made, for pools whose arrays live in private memory
-(ThreadPool, DaskPool): ``is_shared(a)`` there means "made by this pool and not freed"."""
+(ThreadPool): ``is_shared(a)`` there means "made by this pool and not freed"."""
 
 from __future__ import annotations
 
 import weakref
+from typing import Any
 
 import numpy as np
 
@@ -50,14 +51,18 @@ class PrivateMemory:
     def __init__(self) -> None:
         self.owned = OwnedArrays()
 
-    def allocate(self, shape: tuple[int, ...], dtype: np.dtype, order: str, zero: bool) -> Array:  # type: ignore[type-arg]
+    def allocate(self, shape: tuple[int, ...], dtype: np.dtype, order: str, zero: bool, like: Any) -> Array:  # type: ignore[type-arg]
         """A new ordinary array, recorded as the pool's."""
         array: Array = (np.zeros if zero else np.empty)(shape, dtype=dtype, order=order)  # type: ignore[call-overload]
         return self.owned.add(array)
 
-    def owns(self, a: Array) -> bool:
+    def owns(self, a: Any) -> bool:
         """Whether the pool made ``a`` (or the array it views) and did not free it."""
-        return self.owned.owns(a)
+        return isinstance(a, np.ndarray) and self.owned.owns(a)
+
+    def split_own(self, arrays: tuple[Any, ...], axis: object, chunks: object) -> None:
+        """None: the arrays are NumPy arrays, which the front end splits."""
+        return None
 
     def release(self, a: Array) -> None:
         """Forget that the pool made ``a``: its memory goes with its last reference."""

@@ -1,9 +1,10 @@
 """Pickling for everything that crosses the process boundary.
 
 cloudpickle, so lambdas, closures and functions defined in ``__main__`` work under every
-start method, with one addition: an ndarray that lives in a shared block, wherever it sits
+start method, with two additions: an ndarray that lives in a shared block, wherever it sits
 (an argument, a keyword, a closure's cell, a result), is pickled as its :class:`ArrayRef`
-and rebuilt as a view on the same memory, never copied.
+and rebuilt as a view on the same memory, never copied; and code pickled by value keeps
+its file name and, from a notebook cell, its source (:mod:`shmpool._source`).
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ import numpy as np
 
 from ._arrays import ref_of, view_from_ref
 from ._capture import capture_key
+from ._source import SourcePickler
 
 __all__ = ["dumps", "dumps_kernel", "dumps_or_raise", "loads"]
 
 PROTOCOL = 5
 
 
-class _SharedArrayPickler(cloudpickle.Pickler):  # type: ignore[misc]
+class _SharedArrayPickler(SourcePickler):
     def reducer_override(self, obj: Any) -> Any:
         if type(obj) is np.ndarray:
             ref = ref_of(obj)

@@ -156,7 +156,7 @@ class ProcessMapRun:
             if len(request.plan) == 0:
                 return
             axes = tuple(request.split.axes.get(i, -1) for i in range(request.split.count))
-            plan = request.plan
+            plan, halos = request.plan, request.split.halos
             marks_ref = None
             if request.retries:
                 self._marks = store.new_array((len(plan),), np.dtype(np.int64), "C", zero=True)
@@ -164,7 +164,18 @@ class ProcessMapRun:
             progress, timed = request.bar_options is not None, request.chunk_timeout is not None
             self._call = dispatcher.submit_map(
                 lambda job_id, slot: MapJob(
-                    job_id, slot, kernel, wholes_bytes, kwargs, refs, axes, plan, progress, marks_ref, timed
+                    job_id,
+                    slot,
+                    kernel,
+                    wholes_bytes,
+                    kwargs,
+                    refs,
+                    axes,
+                    plan,
+                    halos,
+                    progress,
+                    marks_ref,
+                    timed,
                 ),
                 len(plan),
                 RetryState(request.retries, self._marks, plan),

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from ._arrays import ArrayRef
 from ._chunks import ChunkPlan
+from ._halo import HaloSpec
 
 __all__ = [
     "InitFailed",
@@ -57,7 +58,8 @@ class MapJob:
     ``arrays`` has one entry per positional argument: the ArrayRef of a chunked array, or
     None where the argument is a whole() object carried in ``wholes``. ``kernel`` is the
     pickled kernel (a worker caches the last few); ``wholes`` unpickles to a dict from
-    positions to objects, ``kwargs`` to the keyword arguments.
+    positions to objects, ``kwargs`` to the keyword arguments. ``halos`` maps the
+    positions of halo() arguments to how far their views reach past the chunk.
     """
 
     job_id: int
@@ -68,6 +70,7 @@ class MapJob:
     arrays: tuple[ArrayRef | None, ...]
     axes: tuple[int, ...]  # per position: the axis its array is split along (-1: whole)
     plan: ChunkPlan
+    halos: dict[int, HaloSpec]
     progress: bool = False  # a bar is shown: keep the indices-done word (shmpool.advance)
     # retries > 0: an int64 array of one mark per chunk, set to worker + 1 when the chunk
     # ended with a return value (lost if the worker dies before replying), -1 when it ended

@@ -29,7 +29,9 @@ from . import _arrays, _pickling
 from ._active import mark_worker_process
 from ._advance import Tally, install
 from ._control import PREPARING, ControlBlock
+from ._halo import NO_MARGINS, HaloViews, chunk_slot
 from ._lifeline import default_ending_signals, watch_parent
+from ._origin import user_frames
 from ._protocol import InitFailed, MapDone, MapJob, Ready, Release, RemoteError, Stop, TaskBatch, TaskDone
 from ._segments import raise_fd_limit
 
@@ -62,10 +64,11 @@ def remote_error(exc: BaseException, chunk: int | None) -> RemoteError:
     kind = type(exc)
     type_name = _safe_text(lambda: f"{kind.__module__}.{kind.__qualname__}", "<unknown exception type>")
     message = _safe_text(lambda: str(exc), f"<str() of the {type_name} raised too>")
+    tb = user_frames(exc.__traceback__)  # from the user's code on, as if it had run locally
     text = _safe_text(
-        lambda: "".join(traceback.format_exception(kind, exc, exc.__traceback__)),
+        lambda: "".join(traceback.format_exception(kind, exc, tb)),
         _safe_text(
-            lambda: "".join(traceback.format_tb(exc.__traceback__)) + f"{type_name}: {message}\n",
+            lambda: "".join(traceback.format_tb(tb)) + f"{type_name}: {message}\n",
             f"{type_name}: {message}\n",
         ),
     )
@@ -168,7 +171,15 @@ def _run_map(job: MapJob, control: ControlBlock, index: int, kernels: _KernelCac
             _arrays.view_from_ref(ref) if ref is not None else wholes[i] for i, ref in enumerate(job.arrays)
         )
         args.extend(arrays)
-        chunked = [(i, (slice(None),) * job.axes[i]) for i, ref in enumerate(job.arrays) if ref is not None]
+        chunked = [
+            (i, (slice(None),) * job.axes[i])
+            for i, ref in enumerate(job.arrays)
+            if ref is not None and i not in job.halos
+        ]
+        # Halo arguments: the view of the whole array stays in ``arrays``; each chunk's view
+        # with its margin is sliced from it (a copy only for a padded edge chunk).
+        halos = HaloViews(job.halos, dict(enumerate(job.axes)), job.plan.length) if job.halos else None
+        where = chunk_slot()  # what shmpool.chunk_info() reads
         plan, slot = job.plan, job.slot
         cancel_word = control.cancel_word(slot)
         # The per-chunk loop is the W1 hot path: no method calls but the kernel's.
@@ -193,6 +204,10 @@ def _run_map(job: MapJob, control: ControlBlock, index: int, kernels: _KernelCac
                     low, high = offsets[chunk], offsets[chunk + 1]
                 for i, lead in chunked:
                     args[i] = arrays[i][low:high] if not lead else arrays[i][lead + (slice(low, high),)]  # noqa: RUF005
+                if halos is None:
+                    where[0] = (chunk, low, high, length, NO_MARGINS)
+                else:
+                    halos.place(args, arrays, chunk, low, high, where)
                 if tracked:
                     if job.timed:
                         words[started_word] = time.monotonic_ns()
@@ -217,6 +232,7 @@ def _run_map(job: MapJob, control: ControlBlock, index: int, kernels: _KernelCac
     finally:
         install(outer)
         words[current_word] = 0
+        chunk_slot()[0] = None
         args.clear()  # drop the views before blocking on the pipe again
         arrays.clear()
         marks = None

@@ -27,6 +27,7 @@ from multiprocessing.process import BaseProcess
 
 from ._helpers import Helpers
 from ._lifeline import forget_in_forked_children
+from ._without_main import without_main
 from ._worker import worker_main
 
 __all__ = [
@@ -141,7 +142,8 @@ def start_worker(
         name=f"shmpool-worker-{index}",
         daemon=True,
     )
-    process.start()
+    with without_main():  # the worker needs nothing of the caller's main (see that module)
+        process.start()
     forget_in_forked_children(process)
     child_conn.close()  # else the worker would never see EOF from our side
     return Worker(index, process, parent_conn)

@@ -1,12 +1,18 @@
 """DaskPool: SharedPool's API on a Dask distributed cluster, for work beyond one machine.
 
-Nothing is shared between the caller and a Dask worker, so a map moves data: each chunk's
-views travel to a worker inside the chunk's task, the kernel runs in place on the worker's
-copy, and only the chunks that it changed come back to be written into the caller's arrays.
-Change is detected by comparing bytes on the worker (before and after the kernel), never
-assumed; arrays that are read-only in the caller are never compared nor sent back.
+The pool's own arrays (``empty``, ``zeros``, ``full``, ``*_like``, ``asarray``) are cluster
+arrays (:class:`shmpool.ClusterArray`): their chunks live on the workers, and a map over
+them runs each chunk where it is and moves nothing but tasks and small results (see
+:mod:`shmpool._cluster_array` and :mod:`shmpool._cluster_map`).
 
-What one map sends (see :meth:`DaskPool.map`)::
+NumPy arrays passed to ``map`` live in the caller, and nothing is shared between the caller
+and a Dask worker, so such a map moves data: each chunk's views travel to a worker inside
+the chunk's task, the kernel runs in place on the worker's copy, and only the chunks that
+it changed come back to be written into the caller's arrays. Change is detected by
+comparing bytes on the worker (before and after the kernel), never assumed; arrays that
+are read-only in the caller are never compared nor sent back.
+
+What one map over NumPy arrays sends::
 
     caller                           scheduler                  worker(s)
     spec task: kernel, kwargs,  ──>  run once, held in    ──>  fetched by each worker
@@ -20,10 +26,6 @@ Chunk data travels inside its task rather than by ``client.scatter``: the schedu
 each task's arguments, so a task whose worker died is simply run again elsewhere, as Dask's
 ``distributed.scheduler.allowed-failures`` allows; scattered data would be lost with its
 worker. The spec is the result of a task for the same reason.
-
-That is ``pool.map`` over NumPy arrays, whose home is the caller. Arrays that live on the
-cluster instead (``pool.on_cluster``, :class:`shmpool.ClusterArray`) move nothing but tasks
-and small results: see :mod:`shmpool._cluster_array` and :mod:`shmpool._cluster_map`.
 
 The NumPy map run is :mod:`shmpool._dask_map`; the worker side is :mod:`shmpool._dask_worker`. Dask is optional: this module imports it,
 and ``shmpool`` imports this module only when ``shmpool.DaskPool`` is first used.
@@ -48,15 +50,17 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 
 from . import _pickling
 from ._backend import BatchOutcome, ItemBatch, ItemStream, MapRun
-from ._checks import ItemRequest, MapRequest
-from ._cluster_api import OnCluster
-from ._cluster_array import ClusterStore
+from ._checks import ItemRequest, MapRequest, SplitArgs
+from ._chunks import ChunkPlan
+from ._cluster_api import ClusterArrays
+from ._cluster_array import ClusterArray, ClusterStore
+from ._cluster_map import ClusterMapRun, ClusterSplit
 from ._dask_map import DaskMapRun, crash_error, dumps, failure_of, task_name
 from ._dask_worker import Payload, origin, run_call, run_items
 from ._frontend import Pool, PoolStats
-from ._owned import PrivateMemory
 from ._progress import resolve_progress
 from ._sizing import usable_cpus
+from ._without_main import hold_for_name
 from .errors import PoolClosedError
 
 __all__ = ["DaskBackend", "DaskPool"]
@@ -67,6 +71,11 @@ Array = np.ndarray  # type: ignore[type-arg]
 DaskClient = Any
 DaskFuture = Any
 _dask: Any = distributed
+
+# The name distributed's Nanny gives the worker process it starts (distributed/nanny.py).
+# A LocalCluster's workers need nothing of the caller's __main__ (tasks travel by value),
+# so the pool's own cluster starts them without it: a script needs no __main__ guard.
+NANNY_PROCESS_NAME = "Dask Worker process (from Nanny)"
 
 
 class _DaskBatch:
@@ -171,9 +180,9 @@ class _DaskStream:
                 pass
 
 
-class DaskBackend(PrivateMemory):
+class DaskBackend:
     """A Dask distributed cluster (see :class:`shmpool._backend.Backend`); the pool's own
-    arrays are ordinary NumPy arrays in the caller's process."""
+    arrays are cluster arrays, whose chunks live on the workers."""
 
     kind = "DaskPool"
     # imap chunksize="auto": a Dask task costs milliseconds of scheduling, so a batch should
@@ -185,15 +194,17 @@ class DaskBackend(PrivateMemory):
     )
 
     def __init__(self, client: DaskClient | None, address: str | None):
-        super().__init__()
         self.origin = origin()
         self.closed = False
         self._own_client: DaskClient | None = None
         self.cluster: Any = None
         self._last_workers = 1
+        self._release_main: Callable[[], None] | None = None
         if client is None:
             try:
                 if address is None:
+                    # Held while the cluster is open: the Nanny restarts workers that die.
+                    self._release_main = hold_for_name(NANNY_PROCESS_NAME)
                     self.cluster = _dask.LocalCluster(
                         n_workers=usable_cpus(),
                         threads_per_worker=1,  # kernels often hold the GIL: one per process
@@ -208,7 +219,7 @@ class DaskBackend(PrivateMemory):
                 raise
         self.client: DaskClient = client
         self.store = ClusterStore(client, self.origin)
-        self.on_cluster: OnCluster | None = OnCluster(self.store, lambda: self.workers)
+        self.arrays = ClusterArrays(self.store, lambda: self.workers)
 
     @property
     def workers(self) -> int:
@@ -227,7 +238,25 @@ class DaskBackend(PrivateMemory):
             where = None
         return f"scheduler={where!r}"
 
+    def allocate(
+        self, shape: tuple[int, ...], dtype: np.dtype, order: str, zero: bool, like: Any
+    ) -> ClusterArray:  # type: ignore[type-arg]
+        return self.arrays.make(shape, dtype, order, zero, like)
+
+    def owns(self, a: Any) -> bool:
+        return self.arrays.owns(a)
+
+    def release(self, a: ClusterArray) -> None:
+        a.release()
+
+    def split_own(
+        self, arrays: tuple[Any, ...], axis: object, chunks: object
+    ) -> tuple[SplitArgs, ChunkPlan] | None:
+        return self.arrays.split(arrays, axis, chunks)
+
     def start_map(self, request: MapRequest) -> MapRun:
+        if isinstance(request.split, ClusterSplit):
+            return ClusterMapRun(self.store, request)
         return DaskMapRun(self.client, self.origin, self.workers, request)
 
     def open_stream(self, request: ItemRequest, star: bool) -> ItemStream:
@@ -235,10 +264,9 @@ class DaskBackend(PrivateMemory):
 
     def shutdown(self, *, kill: bool) -> None:
         self.closed = True
-        self.owned.clear()
-        on_cluster = getattr(self, "on_cluster", None)
-        if on_cluster is not None:  # None: the client never started
-            on_cluster.shutdown(kill=kill)
+        store = getattr(self, "store", None)
+        if store is not None:  # None: the client never started
+            store.release_all()
         client, cluster = self._own_client, self.cluster
         self._own_client = None
         for thing in (client, cluster):
@@ -247,6 +275,8 @@ class DaskBackend(PrivateMemory):
                     thing.close()
                 except Exception:
                     pass
+        if self._release_main is not None:
+            self._release_main()
 
 
 class DaskPool(Pool):
@@ -257,17 +287,17 @@ class DaskPool(Pool):
     ``LocalCluster`` of worker processes (one per usable CPU, one thread each) that the
     pool starts and closes. ``progress`` is the default of every call's ``progress=``.
 
-    Arrays are ordinary NumPy arrays in the caller's process; a map sends each chunk to a
-    worker and writes back the chunks the kernel changed (read-only arrays are never sent
-    back). A writable whole() array is copied per chunk on the worker and the elements a
-    chunk changed come back (chunks must write different elements, as races would make it
-    in shared memory). The kernel, keywords and whole() arguments travel once per map.
+    The pool's arrays (``empty``, ``zeros``, ``full``, ``*_like``, ``asarray``) are
+    :class:`shmpool.ClusterArray` s, whose chunks live on the workers; a map over them runs
+    chunk *i* where chunk *i* is and writes there, and only the kernel, its arguments and
+    its return values move. NumPy arrays passed to ``map`` stay in the caller: each chunk
+    is sent to a worker and the chunks the kernel changed are written back (read-only
+    arrays are never sent back); a writable whole() array is copied per chunk on the worker
+    and the elements a chunk changed come back (chunks must write different elements, as
+    races would make it in shared memory). One map does not mix the two kinds of array.
     ``stats.bytes_staged_in`` counts the bytes sent to the cluster, ``bytes_copied_back``
-    those that came back and were written. On ``timeout``, cancel or terminate, chunk tasks
-    are cancelled; one already running finishes on its worker and its result is dropped.
-
-    ``on_cluster`` makes arrays that stay on the workers (:class:`shmpool.ClusterArray`) and
-    maps over them where their chunks are; ``stats`` counts that work too.
+    those received from it. On ``timeout``, cancel or terminate, chunk tasks are
+    cancelled; one already running finishes on its worker and its result is dropped.
     """
 
     def __init__(
@@ -286,28 +316,14 @@ class DaskPool(Pool):
         resolve_progress(progress, None)  # before a cluster starts
         self._dask = DaskBackend(client, address)
         super().__init__(self._dask, progress=progress)
-        self._on_cluster = self._dask.on_cluster
-        assert self._on_cluster is not None
-        self._on_cluster.attach(self, progress)
-
-    @property
-    def on_cluster(self) -> OnCluster:
-        """Arrays kept on the cluster: ``on_cluster.zeros(...)``, ``asarray``, ``map``, ``free``
-        (see the README's "Scaling out"). They return :class:`shmpool.ClusterArray`."""
-        assert self._on_cluster is not None
-        return self._on_cluster
 
     @property
     def stats(self) -> PoolStats:
-        """Counters of what this pool has done, cluster-array work included: the bytes are
-        those the client sent to and received from the cluster."""
-        s, c = super().stats, self._dask.on_cluster
-        assert c is not None
+        """Counters of what this pool has done: the bytes are those the client sent to and
+        received from the cluster, by maps and by making, reading and writing its arrays."""
+        s, store = super().stats, self._dask.store
         return PoolStats(
-            s.maps + c.maps,
-            s.chunks + c.chunks,
-            s.bytes_staged_in + self._dask.store.sent,
-            s.bytes_copied_back + self._dask.store.received,
+            s.maps, s.chunks, s.bytes_staged_in + store.sent, s.bytes_copied_back + store.received
         )
 
     @property

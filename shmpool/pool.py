@@ -36,6 +36,7 @@ from ._procmap import ProcessMapRun, ProcessStream
 from ._progress import resolve_progress
 from ._segments import block_folder, create_block, new_pool_tag, raise_fd_limit
 from ._sizing import check_workers
+from ._without_main import without_main
 from .errors import PoolClosedError
 
 __all__ = ["START_METHODS", "ProcessBackend", "SharedPool", "default_start_method"]
@@ -90,7 +91,8 @@ class ProcessBackend:
             # Under spawn and forkserver, workers boot while the manager starts.
             self.dispatcher = Dispatcher(ctx, workers, self.control, self.control_path, init_payload)
             if method != "fork":
-                manager.start()
+                with without_main():  # the manager runs shmpool's code only
+                    manager.start()
             manager_process = getattr(manager, "_process", None)  # no public handle
             if manager_process is not None:
                 forget_in_forked_children(manager_process)
@@ -112,14 +114,17 @@ class ProcessBackend:
             raise PoolClosedError("this SharedPool is closed")
         return self.dispatcher
 
-    def allocate(self, shape: tuple[int, ...], dtype: np.dtype, order: str, zero: bool) -> Array:  # type: ignore[type-arg]
+    def allocate(self, shape: tuple[int, ...], dtype: np.dtype, order: str, zero: bool, like: Any) -> Array:  # type: ignore[type-arg]
         return self.store.new_array(shape, dtype, order, zero)
 
-    def owns(self, a: Array) -> bool:
-        return self.store.owns(a)
+    def owns(self, a: Any) -> bool:
+        return isinstance(a, np.ndarray) and self.store.owns(a)
 
     def release(self, a: Array) -> None:
         self.store.free_array(a)
+
+    def split_own(self, arrays: tuple[Any, ...], axis: object, chunks: object) -> None:
+        return None  # its arrays are NumPy arrays: the front end splits them
 
     def start_map(self, request: MapRequest) -> MapRun:
         return ProcessMapRun(self._live_dispatcher(), self.store, request)

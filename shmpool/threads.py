@@ -31,6 +31,7 @@ from ._advance import Tally, install
 from ._backend import BatchOutcome, Failure, ItemBatch, ItemStream, MapOutcome, MapRun
 from ._checks import ItemRequest, MapRequest
 from ._frontend import Pool
+from ._halo import NO_MARGINS, HaloViews, chunk_slot
 from ._origin import attach_origin, traceback_text
 from ._owned import PrivateMemory
 from ._progress import resolve_progress
@@ -67,8 +68,9 @@ class _ThreadMapRun:
         split = request.split
         self._args: list[Any] = [split.chunked.get(i, split.wholes.get(i)) for i in range(split.count)]
         self._chunked: list[tuple[int, tuple[slice, ...]]] = [
-            (i, (slice(None),) * split.axes[i]) for i in split.chunked
+            (i, (slice(None),) * split.axes[i]) for i in split.chunked if i not in split.halos
         ]
+        self._halos = HaloViews(split.halos, split.axes, split.length) if split.halos else None
         runners = min(backend.workers, self._count)
         self._active = runners
         # With a bar, each runner's indices done (shmpool.advance moves its entry).
@@ -88,10 +90,13 @@ class _ThreadMapRun:
     def _runner(self) -> None:
         kernel, kwargs, plan = self._request.kernel, self._request.kwargs, self._request.plan
         args = list(self._args)
+        halos, length = self._halos, plan.length
+        where = chunk_slot()  # what shmpool.chunk_info() reads, in this thread
+        outer = where[0]  # a map run inline from a kernel gives the outer chunk back after
         tallies = self._tallies
         with self._lock:
             tally = None if tallies is None else Tally(tallies, next(self._runners))
-        outer = install(tally)
+        outer_tally = install(tally)
         try:
             while True:
                 with self._lock:
@@ -102,9 +107,13 @@ class _ThreadMapRun:
                 low, high = plan.bounds(chunk)
                 for i, lead in self._chunked:
                     args[i] = self._args[i][lead + (slice(low, high),)]  # noqa: RUF005 - 3.10 syntax
+                if halos is None:
+                    where[0] = (chunk, low, high, length, NO_MARGINS)
                 if tally is not None:
                     tally.limit = tally.words[tally.index] + high - low
                 try:
+                    if halos is not None:  # inside the try: a padded copy may not fit in memory
+                        halos.place(args, self._args, chunk, low, high, where)
                     value = kernel(*args, **kwargs)
                 except BaseException as exc:  # SystemExit too: it is the kernel's, not ours
                     with self._lock:
@@ -117,7 +126,8 @@ class _ThreadMapRun:
                 with self._lock:
                     self._run += 1
         finally:
-            install(outer)
+            where[0] = outer
+            install(outer_tally)
             self._runner_ended(None)
 
     def _runner_ended(self, future: StdFuture[None] | None) -> None:

@@ -116,3 +116,35 @@ def test_fresh_output_smoke() -> None:
     w9 = out.split("## W9")[1]
     for variant in ("reuse", "free", "drop"):
         assert f"| {variant} |" in w9, w9
+
+
+def test_stencil_benchmark_smoke() -> None:
+    """benchmarks/stencil.py at a tiny size: every system runs, and every result is equal
+    bit for bit to the serial one (the script exits 1 on a mismatch)."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "stencil.py"),
+            "--n",
+            "96",
+            "--steps",
+            "3",
+            "--rounds",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_TIMEOUT_S,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONWARNINGS": "default"},
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert_clean_stderr(proc.stderr)
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "equal" in line]
+    assert {line.split(" | ")[0][2:] for line in rows} == {
+        "serial",
+        "shmpool",
+        "threadpool",
+        "dask-threads",
+        "dask-processes",
+    }, proc.stdout

@@ -519,11 +519,11 @@ def _w2(x: np.ndarray, y: np.ndarray) -> None:
 def test_real_cluster_keeps_cluster_arrays_on_the_workers(real_client: Any) -> None:
     data = np.random.default_rng(7).random((4000, 16))
     with DaskPool(real_client) as pool:
-        x = pool.on_cluster.asarray(data)
-        y = pool.on_cluster.empty_like(x)
+        x = pool.asarray(data)
+        y = pool.empty_like(x)
         before, sent = pool.stats, bytes_sent_by_workers(real_client)
         for _ in range(4):
-            pool.on_cluster.map(_w2, x, y)
+            pool.map(_w2, x, y)
             x, y = y, x
         after = pool.stats
         assert after.bytes_staged_in - before.bytes_staged_in < 4 * 16 * 1024  # tasks, not chunks
@@ -532,7 +532,7 @@ def test_real_cluster_keeps_cluster_arrays_on_the_workers(real_client: Any) -> N
         for _ in range(4):
             expected = np.sqrt(expected) * 2 + 1
         assert np.array_equal(x.gather(), expected) and np.array_equal(x[100:103, 5], expected[100:103, 5])
-        pids = pool.on_cluster.map(kernels.worker_pid, x)
+        pids = pool.map(kernels.worker_pid, x)
         assert sorted(pids) == _worker_pids(real_client)  # one chunk on each worker
 
     def keys(dask_worker: Any) -> int:
@@ -652,3 +652,16 @@ def test_threads_share_a_pool(dask_pool: DaskPool) -> None:
     for t in threads:
         t.join()
     assert not errors, errors
+
+
+def test_remote_traceback_points_at_a_cell_kernel(dask_pool: DaskPool) -> None:
+    # The workers are processes that never saw the "cell": its lines travel with the kernel.
+    from .test_tracebacks import assert_points_at_cell, cell_kernel
+
+    kernel, filename = cell_kernel()
+    with pytest.raises(ZeroDivisionError) as info:
+        dask_pool.map(kernel, np.arange(8.0), chunks=4)
+    assert_points_at_cell(str(info.value.__cause__), filename)
+    with pytest.raises(ZeroDivisionError) as submitted:
+        dask_pool.submit(kernel, np.arange(8.0)).result()
+    assert_points_at_cell(str(submitted.value.__cause__), filename)

@@ -17,6 +17,7 @@ SMALL_ARGS = {
     "image_filter.py": ["--images", "40"],
     "reduction.py": ["--n", "200000"],
     "batch_job.py": ["--files", "60"],
+    "halo_stencil.py": ["--n", "256", "--steps", "10"],
 }
 
 
@@ -31,7 +32,9 @@ def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 
 
 def test_there_are_examples() -> None:
-    assert {"image_filter.py", "reduction.py", "batch_job.py", "decorator.py"} <= {p.name for p in EXAMPLES}
+    assert {"image_filter.py", "reduction.py", "batch_job.py", "decorator.py", "halo_stencil.py"} <= {
+        p.name for p in EXAMPLES
+    }
 
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.name)

@@ -8,6 +8,7 @@ import sys
 import shmpool
 
 EXPECTED = {
+    "ChunkInfo",
     "Kernel",
     "KernelError",
     "ManagerError",
@@ -23,8 +24,10 @@ EXPECTED = {
     "__version__",
     "active_pool",
     "advance",
+    "chunk_info",
     "default_pool",
     "default_start_method",
+    "halo",
     "kernel",
     "usable_cpus",
     "whole",

@@ -125,11 +125,16 @@ class FakeBackend:
     def describe(self) -> str:
         return "fake"
 
-    def allocate(self, shape: tuple[int, ...], dtype: np.dtype, order: str, zero: bool) -> np.ndarray:  # type: ignore[type-arg]
+    def allocate(
+        self, shape: tuple[int, ...], dtype: np.dtype, order: str, zero: bool, like: Any
+    ) -> np.ndarray:  # type: ignore[type-arg]
         return self.owned.add(np.zeros(shape, dtype, order=order))  # type: ignore[call-overload]
 
-    def owns(self, a: np.ndarray) -> bool:  # type: ignore[type-arg]
-        return self.owned.owns(a)
+    def owns(self, a: Any) -> bool:
+        return isinstance(a, np.ndarray) and self.owned.owns(a)
+
+    def split_own(self, arrays: tuple[Any, ...], axis: object, chunks: object) -> None:
+        return None
 
     def release(self, a: np.ndarray) -> None:  # type: ignore[type-arg]
         self.owned.drop(a)

@@ -1,4 +1,5 @@
-"""A Jupyter kernel shut down with a SharedPool open leaves nothing in /dev/shm.
+"""Notebooks: a real notebook run through nbclient, and a Jupyter kernel shut down with a
+SharedPool open, which leaves nothing in /dev/shm.
 
 A real ipykernel, started and shut down by jupyter_client as a notebook server does: a
 polite shutdown (ipykernel SIGTERMs the children in its process group, then exits) and a
@@ -11,15 +12,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import nbformat
 import psutil
 import pytest
 from jupyter_client.manager import KernelManager
+from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parent.parent
 GONE_WITHIN_S = 10.0
@@ -120,3 +124,68 @@ def test_kernel_shutdown_leaves_no_block_and_no_process(
             psutil.Process(pid).kill()
     assert not blocks, f"the kernel's pool left blocks in /dev/shm: {blocks}"
     assert not alive, f"processes outlived the kernel: {alive}"
+
+
+# A notebook as a newcomer writes it: a pool made in one cell without "with", a decorated
+# kernel defined in the next and called in a third (it runs on that pool: the active-pool
+# rule), a map with a progress bar, a kernel that fails, and a last cell that reports what
+# the pool holds and closes it.
+NOTEBOOK_CELLS = [
+    "import json\nimport numpy as np\nimport shmpool",
+    "pool = shmpool.SharedPool(2, start_method='spawn')\nx = pool.asarray(np.arange(16.0))\ny = pool.empty_like(x)",
+    "@shmpool.kernel(chunks=4)\ndef square(x, out):\n    out[:] = x * x",
+    "before = pool.stats.maps\nsquare(x, y)\nprint('active:', shmpool.active_pool() is pool, pool.stats.maps - before, y.sum())",
+    "def shift(x, out):\n    out[:] = x + 1\n\npool.map(shift, x, y, chunks=4, progress=True)\nprint('shifted:', y.sum())",
+    "def check(x):\n    if x[0] > 4:\n        raise ValueError('chunk starts too high')\n\npool.map(check, x, chunks=4)",
+    "print(json.dumps({'pids': [*pool.worker_pids, pool.manager_pid], 'blocks': pool.block_paths}))\npool.close()",
+]
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _text(cell: dict, kind: str, name: str | None = None) -> str:  # type: ignore[type-arg]
+    return "".join(o["text"] for o in cell["outputs"] if o["output_type"] == kind and o.get("name") == name)
+
+
+def test_notebook_through_nbclient() -> None:
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in NOTEBOOK_CELLS])
+    client = NotebookClient(
+        notebook,
+        timeout=120,
+        kernel_name="python3",
+        allow_errors=True,
+        resources={"metadata": {"path": str(ROOT)}},
+    )
+    client.execute()
+    cells = notebook.cells
+    for i, cell in enumerate(cells):
+        if i != 5:
+            assert not [o for o in cell["outputs"] if o["output_type"] == "error"], (i, cell["outputs"])
+    # The decorated kernel ran on the pool of the earlier cell, once.
+    assert _text(cells[3], "stream", "stdout") == "active: True 1 1240.0\n"
+    # The bar reached its end on stderr (a text bar: there is no widget front end here).
+    bar = _text(cells[4], "stream", "stderr")
+    assert re.search(r"shift: 100%\|\S+\| 4/4 ", bar), bar
+    assert _text(cells[4], "stream", "stdout") == "shifted: 136.0\n"
+    # The error: the kernel's own type, and the remote traceback names the cell, the line
+    # and its source, as IPython does for local code; no frame of shmpool's in it.
+    (error,) = [o for o in cells[5]["outputs"] if o["output_type"] == "error"]
+    assert error["ename"] == "ValueError" and error["evalue"] == "chunk starts too high"
+    shown = _ANSI.sub("", "\n".join(error["traceback"]))
+    remote = shown.split('"""')[1]
+    assert "kernel 'check' on chunk 2 (indices 8:12 of the split axis)" in remote
+    expected = (
+        "Traceback (most recent call last):\n"
+        "  Cell In[6], line 3, in check\n"
+        "    raise ValueError('chunk starts too high')\n"
+        "ValueError: chunk starts too high\n"
+    )
+    assert expected in remote, shown
+    assert "shmpool" not in remote.split("Traceback", 1)[1], shown
+    # Nothing is left once the notebook's kernel is gone.
+    report = json.loads(_text(cells[6], "stream", "stdout"))
+    assert len(report["pids"]) == 3 and len(report["blocks"]) >= 3
+    deadline = time.monotonic() + GONE_WITHIN_S
+    while (alive := [p for p in report["pids"] if _running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive, f"processes outlived the notebook: {alive}"
+    assert not [p for p in report["blocks"] if os.path.lexists(p)]

@@ -4,6 +4,11 @@ Code written for one pool must run unchanged on the others: each test here takes
 ``any_pool`` (a pool shared by the module's tests) or ``fresh_pool`` (a new one, for tests
 that enter or close it), once per pool type. What only one pool type has (shared memory by
 reference, lost Dask workers, bytes on the network) is tested in that pool's own modules.
+
+A DaskPool's own arrays are cluster arrays (their chunks live on the workers), so its maps
+over them run on the cluster: values are compared through ``np.asarray`` (which is the
+array itself for the other pools), and where a cluster array documents other behaviour
+(views, automatic chunks, writes to whole() arrays, use after close) the test says which.
 """
 
 from __future__ import annotations
@@ -37,6 +42,17 @@ else:
     POOL_TYPES = ["SharedPool", "ThreadPool", "DaskPool"]
 
 pytestmark = pytest.mark.timeout(60)
+
+
+def _arrays_on_cluster(pool: shmpool.Pool) -> bool:
+    """Whether the pool's own arrays are cluster arrays (a DaskPool's)."""
+    return type(pool).__name__ == "DaskPool"
+
+
+def local(a: Any) -> np.ndarray:
+    """A pool array's values here: the array itself for SharedPool and ThreadPool (no copy),
+    a cluster array's values gathered for DaskPool."""
+    return np.asarray(a)
 
 
 def _make_pool(request: pytest.FixtureRequest) -> shmpool.Pool:
@@ -79,7 +95,8 @@ def test_every_pool_is_the_one_front_end(any_pool: shmpool.Pool) -> None:
     assert any_pool.workers == 2 and not any_pool.closed
     assert isinstance(any_pool.stats, shmpool.PoolStats)
     # Each public method is the front end's own, not a copy in the pool class.
-    for name in ("map", "map_async", "submit", "imap", "empty", "asarray", "free", "close", "terminate"):
+    names = ("map", "map_async", "submit", "imap", "empty", "zeros", "full", "empty_like", "zeros_like")
+    for name in (*names, "full_like", "asarray", "is_shared", "free", "close", "terminate"):
         assert getattr(type(any_pool), name) is getattr(shmpool.Pool, name), name
     assert type(any_pool).__name__ in repr(any_pool) and "running" in repr(any_pool)
 
@@ -89,23 +106,30 @@ def test_every_pool_is_the_one_front_end(any_pool: shmpool.Pool) -> None:
 
 def test_allocation(any_pool: shmpool.Pool) -> None:
     e = any_pool.empty((3, 4), dtype=np.int32)
-    assert e.shape == (3, 4) and e.dtype == np.int32 and isinstance(e, np.ndarray)
-    assert (any_pool.zeros(5) == 0).all() and any_pool.zeros(5).dtype == np.float64
+    kind = shmpool.ClusterArray if _arrays_on_cluster(any_pool) else np.ndarray
+    assert e.shape == (3, 4) and e.dtype == np.int32 and isinstance(e, kind)
+    assert (local(any_pool.zeros(5)) == 0).all() and any_pool.zeros(5).dtype == np.float64
     f = any_pool.full((2, 2), 7)
-    assert f.dtype == np.asarray(7).dtype and (f == 7).all()
+    assert f.dtype == np.asarray(7).dtype and (local(f) == 7).all()
     assert any_pool.full(3, 1.5, dtype=np.float32).dtype == np.float32
     fortran = np.zeros((4, 3), order="F")
     like = any_pool.empty_like(fortran)
-    assert like.shape == (4, 3) and like.flags.f_contiguous and not like.flags.c_contiguous
+    assert like.shape == (4, 3)
+    if not _arrays_on_cluster(any_pool):  # a cluster array has no memory order here
+        assert like.flags.f_contiguous and not like.flags.c_contiguous
     zl = any_pool.zeros_like(fortran, dtype=np.int8)
-    assert zl.dtype == np.int8 and (zl == 0).all()
+    assert zl.dtype == np.int8 and (local(zl) == 0).all()
+    fl = any_pool.full_like(zl, 3)
+    assert fl.dtype == np.int8 and fl.shape == (4, 3) and (local(fl) == 3).all()
     assert any_pool.empty(()).shape == () and any_pool.zeros((0, 3)).shape == (0, 3)
     assert any_pool.zeros(4, order="F").shape == (4,)
 
 
 def test_is_shared_asarray_and_free(any_pool: shmpool.Pool) -> None:
     a = any_pool.zeros(10)
-    assert any_pool.is_shared(a) and any_pool.is_shared(a[2:5]) and any_pool.is_shared(a.reshape(2, 5))
+    assert any_pool.is_shared(a)
+    if not _arrays_on_cluster(any_pool):  # a cluster array's a[2:5] is a NumPy copy, not a view
+        assert any_pool.is_shared(a[2:5]) and any_pool.is_shared(a.reshape(2, 5))
     assert not any_pool.is_shared(np.zeros(10)) and not any_pool.is_shared([1, 2])
     assert any_pool.asarray(a) is a
     other = any_pool.asarray(a, dtype=np.float32)
@@ -115,12 +139,16 @@ def test_is_shared_asarray_and_free(any_pool: shmpool.Pool) -> None:
     assert copy is not data and np.array_equal(copy, data) and any_pool.is_shared(copy)
     copy[0] = 42
     assert data[0] == 0  # a copy, not a view
-    assert any_pool.asarray([1, 2, 3]).tolist() == [1, 2, 3]
+    assert local(any_pool.asarray([1, 2, 3])).tolist() == [1, 2, 3]
     view = a[1:3]
     any_pool.free(a)
     assert not any_pool.is_shared(a) and not any_pool.is_shared(view)
-    view[:] = 5  # still valid memory
-    assert a[1:3].tolist() == [5.0, 5.0]
+    if _arrays_on_cluster(any_pool):  # its chunks are gone from the cluster
+        with pytest.raises(ValueError, match="was freed"):
+            a[1:3]
+    else:
+        view[:] = 5  # still valid memory
+        assert a[1:3].tolist() == [5.0, 5.0]
     with pytest.raises(ValueError, match="not freed yet"):
         any_pool.free(a)
     with pytest.raises(ValueError, match="allocated by this pool"):
@@ -153,8 +181,9 @@ def test_map_in_place_matches_serial(any_pool: shmpool.Pool) -> None:
     y = any_pool.asarray(np.random.default_rng(1).random((1000, 7)))
     out = any_pool.empty_like(x)
     result = any_pool.map(kernels.saxpy, x, y, out, a=3.0)
-    assert np.array_equal(out, 3.0 * x + y)
-    assert result == [None] * len(result) and len(result) >= 2 * any_pool.workers
+    assert np.array_equal(out, 3.0 * local(x) + local(y))
+    # Automatic chunks: 4 per worker; over cluster arrays, where x's chunks are (1 per worker).
+    assert result == [None] * len(result) and len(result) >= (1 if _arrays_on_cluster(any_pool) else 2) * 2
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2, -1])
@@ -173,7 +202,10 @@ def test_chunk_options(any_pool: shmpool.Pool) -> None:
     assert any_pool.map(kernels.chunk_length, x, chunks=[1, 2, 7]) == [1, 2, 7]
     assert any_pool.map(kernels.chunk_length, x, chunks=np.array([5, 5])) == [5, 5]
     assert any_pool.map(kernels.chunk_length, x, chunks=100) == [10]
-    assert any_pool.map(kernels.chunk_length, x) == [2] * 5  # automatic: 4 per worker
+    if _arrays_on_cluster(any_pool):  # automatic: x's chunks, which the last map left as one
+        assert any_pool.map(kernels.chunk_length, x) == [10]
+    else:
+        assert any_pool.map(kernels.chunk_length, x) == [2] * 5  # automatic: 4 per worker
     assert any_pool.map(kernels.chunk_length, np.zeros(800)) == [100] * 8
 
 
@@ -181,7 +213,7 @@ def test_results_in_chunk_order_and_reduction(any_pool: shmpool.Pool) -> None:
     x = any_pool.asarray(np.arange(1000))
     assert any_pool.map(kernels.first_index, x, chunks=7) == list(range(0, 1000, 7))
     y = any_pool.asarray(np.random.default_rng(3).random(100_000))
-    assert sum(any_pool.map(np.sum, y)) == pytest.approx(y.sum())
+    assert sum(any_pool.map(np.sum, y)) == pytest.approx(np.sum(y))
 
 
 def test_whole_arguments_and_kwargs(any_pool: shmpool.Pool) -> None:
@@ -193,12 +225,12 @@ def test_whole_arguments_and_kwargs(any_pool: shmpool.Pool) -> None:
         o[:] = t[i] * scale + offset
 
     any_pool.map(lookup, idx, shmpool.whole(table), out, shmpool.whole(2), offset=1)
-    assert out.tolist() == [601, 201, 801, 201, 1001, 1801, 401, 1201]
+    assert local(out).tolist() == [601, 201, 801, 201, 1001, 1801, 401, 1201]
     x, y, res = any_pool.zeros(8), any_pool.zeros(8), any_pool.zeros(8)
     for a in (1.0, 2.0, 3.0):
         x[:] = a
         any_pool.map(kernels.saxpy, x, y, res, a=a)
-        assert (res == a * a).all()
+        assert (local(res) == a * a).all()
 
 
 @pytest.mark.parametrize("allocate", ["pool", "plain"])
@@ -209,6 +241,14 @@ def test_whole_array_written_by_chunks(any_pool: shmpool.Pool, allocate: str) ->
     def mark(chunk: np.ndarray, m: np.ndarray) -> None:
         m[chunk] = chunk + 10
 
+    if _arrays_on_cluster(any_pool):
+        # Over cluster arrays whole() arrays are read-only: a write would stay on one worker.
+        with pytest.raises(ValueError, match="read-only"):
+            any_pool.map(mark, x, shmpool.whole(marks), chunks=1)
+        assert local(marks).tolist() == [0] * 6
+        if allocate == "pool":
+            return
+        x = np.arange(6)  # over NumPy arrays of this process, each chunk's writes come back
     any_pool.map(mark, x, shmpool.whole(marks), chunks=1)
     assert marks.tolist() == [10, 11, 12, 13, 14, 15]
 
@@ -273,7 +313,7 @@ def test_kernel_exception_keeps_its_type_and_names_the_chunk(any_pool: shmpool.P
     assert isinstance(cause, RemoteTraceback)
     assert "fail_on" in str(cause) and "found 42" in str(cause)
     assert "chunk 4 (indices 40:50" in str(cause)
-    assert sum(any_pool.map(np.sum, x)) == x.sum()  # still usable
+    assert sum(any_pool.map(np.sum, x)) == np.sum(x)  # still usable
 
 
 def _pickles(pool: shmpool.Pool) -> bool:
@@ -368,7 +408,7 @@ def test_zero_length_and_closures(any_pool: shmpool.Pool) -> None:
     x = any_pool.asarray(np.arange(6.0))
     offset = 10.0
     any_pool.map(lambda v: v.__iadd__(offset), x)
-    assert x.tolist() == [10, 11, 12, 13, 14, 15]
+    assert local(x).tolist() == [10, 11, 12, 13, 14, 15]
 
 
 def test_progress_bar(any_pool: shmpool.Pool, capsys: pytest.CaptureFixture[str]) -> None:
@@ -396,7 +436,7 @@ def test_map_async(any_pool: shmpool.Pool) -> None:
         [0, 250, 500, 750],
     ]
     with pytest.raises(ValueError, match="same length"):
-        any_pool.map_async(kernels.saxpy, x, x[:5], x, a=1.0)
+        any_pool.map_async(kernels.saxpy, x, any_pool.asarray(np.arange(5.0)), x, a=1.0)
     with pytest.raises(KeyError):
         any_pool.map_async(kernels.fail_on, x, chunks=10, bad=3).result(timeout=30)
     y = np.zeros(4)
@@ -495,18 +535,18 @@ def test_decorated_kernels_run_on_the_entered_pool(fresh_pool: shmpool.Pool) -> 
         before = pool.stats.maps
         result = saxpy(x, y, out, a=3.0)
         assert result == [None] * len(result) and len(result) > 1
-        assert np.array_equal(out, 3.0 * x + 1.0)
+        assert np.array_equal(out, 3.0 * local(x) + 1.0)
         assert pool.stats.maps == before + 1
         data = pool.asarray(np.arange(12.0).reshape(3, 4))
         sums = column_sums(data)
-        assert len(sums) == 2 and np.array_equal(np.concatenate(sums), data.sum(axis=0))
+        assert len(sums) == 2 and np.array_equal(np.concatenate(sums), local(data).sum(axis=0))
         assert len(column_sums(data, axis=0, chunks=1)) == 3
         # A kernel that calls a kernel: in a worker, the inner one runs in place.
         inner_out = pool.zeros(10)
         assert sum(twice_saxpy(pool.asarray(np.arange(10.0)), pool.zeros(10), inner_out, chunks=5)) == 10
         assert np.array_equal(inner_out, 2.0 * np.arange(10.0))
         future = saxpy.map_async(x, x, out, a=5.0)
-        assert isinstance(future.result(timeout=30), list) and np.array_equal(out, 6.0 * x)
+        assert isinstance(future.result(timeout=30), list) and np.array_equal(out, 6.0 * local(x))
     assert pool.closed and shmpool.active_pool() is not pool
     shmpool.default_pool().close()
 
@@ -524,7 +564,11 @@ def test_closed_pool(fresh_pool: shmpool.Pool) -> None:
     pool.close()
     pool.terminate()
     assert pool.closed
-    x[:] = 1  # arrays stay valid
+    if _arrays_on_cluster(pool):  # a cluster array's chunks went with the pool
+        with pytest.raises(ValueError, match="pool was closed"):
+            x[:] = 1
+    else:
+        x[:] = 1  # arrays stay valid
     calls: list[Callable[[], Any]] = [
         lambda: pool.map(np.sum, x),
         lambda: pool.map_async(np.sum, x),
