@@ -119,6 +119,7 @@ class ClusterMapRun:
             run = self._client.submit(
                 run_on_chunks, self._spec, store.origin, i, *chunks, *self._joined,
                 key=f"{self._prefix}-{i}", workers=self._homes[i], allow_other_workers=self._homes[i] is not None, pure=False,
+                retries=self._request.retries,  # as for a map over NumPy arrays (_dask_map)
             )  # fmt: skip
             # Pinned with its run: elsewhere, it would fetch the run's outputs, chunks and all.
             result = self._client.submit(
