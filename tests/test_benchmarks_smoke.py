@@ -148,3 +148,20 @@ def test_stencil_benchmark_smoke() -> None:
         "dask-threads",
         "dask-processes",
     }, proc.stdout
+
+
+def test_advance_cost_benchmark_smoke() -> None:
+    """benchmarks/advance_cost.py at a tiny size: every line reports, each under the
+    microsecond the issue allows (CPU time per call, so a busy machine does not inflate it
+    much; a wide margin all the same)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "advance_cost.py"), "--calls", "20000", "--repeats", "3"],
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_TIMEOUT_S,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONWARNINGS": "default"},
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    figures = [float(line.split(":")[1].split()[0]) for line in proc.stdout.splitlines()]
+    assert len(figures) == 5 and all(0 < ns < 1000 for ns in figures), proc.stdout

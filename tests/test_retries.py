@@ -243,3 +243,12 @@ def test_a_replacement_that_dies_before_its_lost_chunks_passes_them_on(
         assert sums == [int(x[i : i + 10].sum()) for i in range(0, 200, 10)]
         assert np.array_equal(out, x * 2)
         assert len(list(starts.iterdir())) == 4  # two workers, a replacement that died, and its own
+
+
+def test_crash_error_keeps_its_attempts_through_pickle() -> None:
+    import pickle
+
+    attempts = ((4, 40, 50, "exited with code 5"), (None, 0, 0, "was killed by SIGKILL (-9)"))
+    err = shmpool.WorkerCrashedError("gone", exitcode=5, chunk=4, attempts=attempts)
+    back = pickle.loads(pickle.dumps(err))
+    assert (str(back), back.exitcode, back.chunk, back.attempts) == ("gone", 5, 4, attempts)
