@@ -76,7 +76,7 @@ from ._control import ControlBlock
 from ._dispatch_calls import Call, MapCall, TaskCall
 from ._helpers import Helpers
 from ._protocol import InitFailed, MapDone, MapJob, Ready, Release, Stop, TaskDone
-from ._remote import rebuild_error
+from ._remote import initializer_failed
 from ._retries import RetryState
 from ._slots import SlotControl, SlotTable
 from ._workerproc import (
@@ -317,12 +317,7 @@ class Dispatcher:
             worker.set_ready(self._helpers)
             self._startup_deaths = 0
         elif isinstance(message, InitFailed):
-            cause = rebuild_error(message.error, "the worker initializer")
-            broken = WorkerCrashedError(
-                f"worker {worker.index}'s initializer raised {message.error.type_name}: "
-                f"{message.error.message}; the pool cannot run calls"
-            )
-            broken.__cause__ = cause
+            broken = initializer_failed(worker.index, message.error)
             with self._lock:
                 self.broken = broken
                 finished = self._book.fail_all(broken)
