@@ -30,6 +30,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from ._advance import advance
     from ._checks import whole
     from ._cluster_array import ClusterArray as ClusterArray  # DaskPool's arrays, not in __all__
     from ._executor import PoolExecutor
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _LAZY = {
+    "advance": "._advance",
     "whole": "._checks",
     "halo": "._halo",
     "chunk_info": "._halo",
@@ -83,6 +85,7 @@ __all__ = [
     "WorkerCrashedError",
     "__version__",
     "active_pool",
+    "advance",
     "chunk_info",
     "default_pool",
     "default_start_method",

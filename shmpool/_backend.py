@@ -5,7 +5,7 @@ the errors; a backend owns only where arrays live and how work reaches its worke
 
 - :class:`Backend`: allocate / own / release arrays, split a map over arrays of its own
   kind (a DaskPool's cluster arrays), start a map, open an item stream, shut down.
-- :class:`MapRun`: one started map. ``wait`` until it is over, ``chunks_done`` for the bar,
+- :class:`MapRun`: one started map. ``wait`` until it is over, ``indices_done`` for the bar,
   ``cancel`` (no more chunks start), ``kill`` (running chunks stop, where that is possible),
   and ``finish`` exactly once: copy back, release, and report a :class:`MapOutcome`.
 - :class:`ItemStream`: one function sent batches of items (``imap``; a ``submit`` is a
@@ -90,8 +90,10 @@ class MapRun(Protocol):
         """Wait up to ``timeout`` seconds (None: until over); whether the map is over."""
         ...
 
-    def chunks_done(self) -> int:
-        """Chunks finished so far (for a progress bar; may lag)."""
+    def indices_done(self) -> int:
+        """Indices along the split axis done so far, for a progress bar (may lag): those of
+        the finished chunks, plus what running kernels reported with shmpool.advance()
+        where the backend can see it."""
         ...
 
     def cancel(self) -> None:
@@ -138,6 +140,9 @@ class Backend(Protocol):
 
     kind: str  # the pool's class name, for messages
     batch_target_s: float  # imap chunksize="auto": seconds a batch should take
+    # Why this backend cannot stop one running chunk (map's chunk_timeout=), or None when
+    # it can: the front end refuses the option with this reason before anything runs.
+    no_chunk_timeout: str | None
 
     @property
     def workers(self) -> int:

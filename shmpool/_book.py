@@ -10,11 +10,14 @@ to notify, and :mod:`shmpool._dispatch`, whose lock guards it, sends and notifie
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
+import time
 from concurrent.futures import CancelledError
 
 from ._dispatch_calls import Call, Handle, MapCall, TaskCall
 from ._protocol import TaskBatch
+from ._retries import settle_death
 from ._slots import SlotTable
 from ._workerproc import Worker, describe_exit
 from .errors import PoolClosedError, WorkerCrashedError
@@ -57,7 +60,8 @@ class CallBook:
         if isinstance(call, MapCall):
             targets = [w for w in workers if w.alive]
             call.waiting = set(targets)
-            call.job = pickle.dumps(call.factory(call.job_id, call.real), protocol=5)
+            call.record = call.factory(call.job_id, call.real)
+            call.job = pickle.dumps(call.record, protocol=5)
             return [(w, call.job) for w in targets]
         assert isinstance(call, TaskCall)
         # The least busy live worker (a loop: this runs once per batch, min() with a key
@@ -70,7 +74,8 @@ class CallBook:
         worker.load += 1
         call.waiting = {worker}
         batch = TaskBatch(call.job_id, call.real, call.fn, call.items, call.first, call.star)
-        return [(worker, pickle.dumps(batch, protocol=5))]
+        call.job = pickle.dumps(batch, protocol=5)
+        return [(worker, call.job)]
 
     def admit(self, call: Call) -> list[tuple[Worker, bytes]]:
         """Register ``call``; start it if a slot is at hand, else queue it."""
@@ -148,33 +153,106 @@ class CallBook:
         affected: list[Call],
         replacement: Worker | None,
         killing: bool,
-    ) -> tuple[list[Call], list[MapCall]]:
+    ) -> tuple[list[Call], list[tuple[Call, bytes]]]:
         """Hand each call of ``affected`` over to ``replacement`` where the death lost
-        nothing, else fail it; the calls to notify, and the maps to send ``replacement``."""
+        nothing, or give it the lost chunks of a map with retries left, else fail it; the
+        calls to notify, and the maps and jobs to send ``replacement``."""
         finished: list[Call] = []
-        handover: list[MapCall] = []
+        handover: list[tuple[Call, bytes]] = []
         for call in affected:
-            if (
+            usable = (
                 replacement is not None
                 and isinstance(call, MapCall)
                 and call.failure is None
                 and not call.killed
                 and not self._block.cancelled(call.real)
+            )
+            if (
+                usable
+                and isinstance(call, MapCall)
                 and not self._block.worked_on(call.real, worker.index)
                 and call.handovers.get(worker.index, 0) < MAX_HANDOVERS
             ):
                 # It died before touching this map (idle, or still starting): nothing
                 # was lost, so its replacement takes its place in the map.
+                assert replacement is not None
                 call.handovers[worker.index] = call.handovers.get(worker.index, 0) + 1
                 call.waiting.add(replacement)
-                handover.append(call)
+                # A replacement that died before it read the lost chunks it was sent passes
+                # them on (retries); any other passes the map's job on.
+                redo = call.retry.redo_sent.get(worker.index)
+                record = call.record
+                job = (
+                    pickle.dumps(dataclasses.replace(record, redo=redo), protocol=5)
+                    if redo and record
+                    else call.job
+                )
+                handover.append((call, job))
                 continue
+            if (
+                usable
+                and isinstance(call, MapCall)
+                and call.retry.marks is not None
+                and not self._block.preparing(call.real, worker.index)
+            ):
+                assert replacement is not None and call.record is not None
+                redo, kept, error = settle_death(
+                    call.retry, self._block, call.real, worker.index, describe_exit(exitcode), exitcode
+                )
+                call.chunks_run += kept
+                if error is None:
+                    if redo:
+                        call.waiting.add(replacement)
+                        rerun = dataclasses.replace(call.record, redo=redo)
+                        handover.append((call, pickle.dumps(rerun, protocol=5)))
+                    finished += self.maybe_finish(call)
+                    continue
+                call.failure = error
+            if (
+                replacement is not None
+                and isinstance(call, TaskCall)
+                and call.retry.retries
+                and call.failure is None
+                and not call.killed
+                and not (call.handle is not None and call.handle.cancelled)
+            ):
+                running = self._block.current_chunk(call.real, worker.index) if call.real >= 0 else None
+                item = call.first if call.star else running
+                if call.real >= 0:
+                    self._block.forget(call.real, worker.index)
+                error = call.retry.crashed(item, describe_exit(exitcode), exitcode)
+                if error is None:  # the whole batch again: its results died with the worker
+                    replacement.load += 1
+                    call.waiting.add(replacement)
+                    handover.append((call, call.job))
+                    continue
+                call.failure = error
             if call.failure is None:
                 call.failure = self._death_error(worker, exitcode, call, killing)
             if isinstance(call, MapCall):
                 self._block.cancel(call.real)  # an imap cancels itself, in order
             finished += self.maybe_finish(call)
         return finished, handover
+
+    def overdue(self, call: MapCall, limit: float) -> list[Worker]:
+        """The workers of ``call`` whose chunk has run longer than ``limit`` seconds, marked
+        as stopped for it (their death then says so); the caller kills them."""
+        if call.done.is_set() or call.real < 0 or call.killed:
+            return []
+        now = time.monotonic_ns()
+        stuck = []
+        for worker in call.waiting:
+            started = self._block.started_ns(call.real, worker.index)
+            if (
+                worker.alive
+                and worker.index not in call.retry.timed_out
+                and started
+                and self._block.current_chunk(call.real, worker.index) is not None
+                and now - started > limit * 1e9
+            ):
+                call.retry.timed_out[worker.index] = limit
+                stuck.append(worker)
+        return stuck
 
     def _death_error(self, worker: Worker, exitcode: int | None, call: Call, killing: bool) -> BaseException:
         if killing:
@@ -200,8 +278,11 @@ class CallBook:
             else:
                 where = "while running a task"
             what = ""
+        how = describe_exit(exitcode)
+        if isinstance(call, MapCall):
+            how = call.retry.reason(worker.index, how)
         return WorkerCrashedError(
-            f"worker {worker.index} (pid {worker.process.pid}) {describe_exit(exitcode)} {where}"
+            f"worker {worker.index} (pid {worker.process.pid}) {how} {where}"
             f"{' ' + what if what else ''}; the pool replaced it",
             exitcode=exitcode,
             chunk=running,

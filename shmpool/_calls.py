@@ -89,7 +89,7 @@ class MapCall:
                 if run.wait(step):
                     break
                 if bar is not None:
-                    bar.update(run.chunks_done() - bar.n)
+                    bar.update(run.indices_done() - bar.n)
                 if deadline is not None and time.monotonic() >= deadline:
                     self.abort(
                         TimeoutError(f"map of kernel {self.request.name!r} did not finish within {timeout} s")
@@ -98,7 +98,7 @@ class MapCall:
                     run.wait(KILL_GRACE_S)
                     return
             if bar is not None:
-                bar.update(run.chunks_done() - bar.n)
+                bar.update(run.indices_done() - bar.n)
         except BaseException:  # Ctrl-C, or a failure of our own: stop the run before leaving
             run.cancel()
             if not run.wait(CANCEL_GRACE_S):

@@ -26,10 +26,12 @@ __all__ = [
     "SplitArgs",
     "Whole",
     "check_callable",
+    "check_chunk_timeout",
     "check_dtype",
     "check_imap",
     "check_map",
     "check_order",
+    "check_retries",
     "check_shape",
     "check_timeout",
     "find_overlap",
@@ -127,6 +129,27 @@ def check_timeout(timeout: object) -> float | None:
     if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"timeout must be a positive, finite number of seconds, got {timeout!r}")
     return value
+
+
+def check_retries(retries: object) -> int:
+    """``retries`` as a non-negative int (a bool is not one)."""
+    if type(retries) is int and retries >= 0:  # the common case, without an ABC check
+        return retries
+    if isinstance(retries, bool) or not isinstance(retries, numbers.Integral):
+        raise TypeError(f"retries must be a non-negative int, got {retries!r}")
+    if retries < 0:
+        raise ValueError(f"retries must be a non-negative int, got {retries!r}")
+    return int(retries)
+
+
+def check_chunk_timeout(chunk_timeout: object) -> float | None:
+    """``chunk_timeout`` as seconds: None, or a finite positive number."""
+    if chunk_timeout is None:
+        return None
+    try:
+        return check_timeout(chunk_timeout)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(str(exc).replace("timeout", "chunk_timeout", 1)) from None
 
 
 # np.shares_memory solves a small integer program per pair; past this much work it gives up,
@@ -244,6 +267,8 @@ class MapRequest:
     kwargs: dict[str, Any]
     bar_options: dict[str, Any] | None
     timeout: float | None
+    retries: int = 0  # runs more of a chunk whose worker died (see check_retries)
+    chunk_timeout: float | None = None  # seconds one chunk may run
 
     def where(self, chunk: int | None) -> str:
         """What raised, for messages: the kernel, and the chunk with its indices."""
@@ -264,11 +289,15 @@ def check_map(
     workers: int,
     kwargs: dict[str, Any],
     own: Callable[[], tuple[SplitArgs, ChunkPlan] | None] = lambda: None,
+    retries: object = 0,
+    chunk_timeout: object = None,
+    no_chunk_timeout: tuple[str, str | None] = ("pool", None),
 ) -> MapRequest:
     """Check the arguments of a map for a pool of ``workers``; raise on bad input.
 
     ``own()``: the backend's split and plan when the arrays are of its own kind (see
     ``Backend.split_own``), else None, and they are checked here as NumPy arrays.
+    ``no_chunk_timeout``: the pool's kind, and why it cannot stop one chunk (None: it can).
     """
     check_callable(kernel, "kernel")
     mine = own()
@@ -279,7 +308,13 @@ def check_map(
         split, plan = mine
     bar_options = resolve_progress(progress, default_progress)
     seconds = check_timeout(timeout)
-    return MapRequest(kernel, kernel_name(kernel), split, plan, kwargs, bar_options, seconds)
+    tries = check_retries(retries)
+    per_chunk = check_chunk_timeout(chunk_timeout)
+    if per_chunk is not None and no_chunk_timeout[1] is not None:
+        raise ValueError(f"chunk_timeout is not available on a {no_chunk_timeout[0]}: {no_chunk_timeout[1]}")
+    return MapRequest(
+        kernel, kernel_name(kernel), split, plan, kwargs, bar_options, seconds, tries, per_chunk
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +327,7 @@ class ItemRequest:
     ordered: bool
     bar_options: dict[str, Any] | None
     total: int | None
+    retries: int = 0  # runs more of an item whose worker died
 
 
 def check_imap(
@@ -301,9 +337,11 @@ def check_imap(
     chunksize: object,
     progress: object,
     default_progress: object,
+    retries: object = 0,
 ) -> ItemRequest:
     """Check the arguments of an imap; raise on bad input."""
     check_callable(fn, "fn")
+    tries = check_retries(retries)
     if chunksize != "auto" and (
         isinstance(chunksize, bool) or not isinstance(chunksize, numbers.Integral) or chunksize < 1  # type: ignore[operator]
     ):
@@ -316,4 +354,4 @@ def check_imap(
     except TypeError:
         total = None
     fixed = None if chunksize == "auto" else int(chunksize)  # type: ignore[call-overload]
-    return ItemRequest(fn, kernel_name(fn), fixed, bool(ordered), bar_options, total)
+    return ItemRequest(fn, kernel_name(fn), fixed, bool(ordered), bar_options, total, tries)

@@ -82,6 +82,7 @@ class ClusterMapRun:
         self._plan = plan
         count = len(plan.offsets) - 1
         self._count = count
+        self._indices = 0  # for the bar: the lengths of the chunks that ran
         self._prefix = f"shmpool-{task_name(request.name)}-{uuid.uuid4().hex[:12]}"
         self._outcome = MapOutcome([None] * count)
         self._landed: queue.SimpleQueue[DaskFuture | None] = queue.SimpleQueue()
@@ -118,6 +119,7 @@ class ClusterMapRun:
             run = self._client.submit(
                 run_on_chunks, self._spec, store.origin, i, *chunks, *self._joined,
                 key=f"{self._prefix}-{i}", workers=self._homes[i], allow_other_workers=self._homes[i] is not None, pure=False,
+                retries=self._request.retries,  # as for a map over NumPy arrays (_dask_map)
             )  # fmt: skip
             # Pinned with its run: elsewhere, it would fetch the run's outputs, chunks and all.
             result = self._client.submit(
@@ -209,6 +211,8 @@ class ClusterMapRun:
             index = self._pending.pop(task)
             self._ran[index] = self._runs[index]
             outcome.chunks_run += 1
+            low, high = self._request.plan.bounds(index)
+            self._indices += high - low
             outcome.bytes_back += len(packed) if packed is not None else 0
             if error is not None:
                 outcome.errors.append(failure_of(error))
@@ -237,8 +241,8 @@ class ClusterMapRun:
             exc = fetch_error
         return crash_error(exc, where, index)
 
-    def chunks_done(self) -> int:
-        return self._outcome.chunks_run
+    def indices_done(self) -> int:
+        return self._indices  # whole chunks: shmpool.advance() does nothing on a cluster
 
     def cancel(self) -> None:
         self._stopped = True

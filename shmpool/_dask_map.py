@@ -128,6 +128,7 @@ class DaskMapRun:
         self._inflight: dict[DaskFuture, int] = {}
         self._landed: queue.SimpleQueue[DaskFuture | None] = queue.SimpleQueue()
         self._submitted = 0
+        self._indices = 0
         self._stopped = False
         self._failed_at = self._count
         self._spec = None
@@ -156,9 +157,13 @@ class DaskMapRun:
                 pieces.append(view)
             chunk = tuple(pieces)
             where = (low, high, self._request.plan.length, margins)
+            # retries: Dask runs a task again when it failed other than by the kernel's own
+            # exception (run_chunk returns those); a worker's death is rescheduled by the
+            # scheduler itself (distributed.scheduler.allowed-failures).
             task = self._client.submit(
-                run_chunk, self._spec, index, chunk, where, key=(self._prefix, index), pure=False
-            )
+                run_chunk, self._spec, index, chunk, where, key=(self._prefix, index), pure=False,
+                retries=self._request.retries,
+            )  # fmt: skip
             self._outcome.bytes_in += sum(c.nbytes for c in chunk)
             self._inflight[task] = index
             task.add_done_callback(self._landed.put)
@@ -205,6 +210,8 @@ class DaskMapRun:
             packed, changed, diffs, error = result
             outcome.bytes_back += self._write_back(index, changed, diffs)
             outcome.chunks_run += 1
+            low, high = self._request.plan.bounds(index)
+            self._indices += high - low
             if error is not None:
                 outcome.errors.append(failure_of(error))
                 self._stopped = True
@@ -258,8 +265,9 @@ class DaskMapRun:
             except Exception:
                 pass  # the client is closing (terminate): its tasks go with it
 
-    def chunks_done(self) -> int:
-        return self._outcome.chunks_run
+    def indices_done(self) -> int:
+        # Kernels run on the cluster, out of reach of shmpool.advance(): whole chunks only.
+        return self._indices
 
     def cancel(self) -> None:
         # Any thread: the driving thread sees the flag when it wakes, and cancels the tasks.

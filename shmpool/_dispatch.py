@@ -16,8 +16,9 @@ The map of the whole dispatch; ``[module]`` names the module that owns each step
                                  │                                   unpickle kernel and args;
       control block (shared memory): next-chunk counter ◀──────────  claim chunks: fcntl lock on
                                      cancel flag        ──────────▶  the slot, advance counter;
-      progress bar reads ◀────────── done / current chunk ◀────────  checked before each chunk
-                                 │                                   kernel(*views, **kwargs)
+      bar, crash reports ◀────────── per-worker words: done, ◀─────  checked before each chunk
+      and chunk_timeout read     │   current chunk, claimed run,     kernel(*views, **kwargs);
+                                 │   indices (advance), start time   it may call advance()
                                  └─▶ poll(pipes + pidfds) ◀────────  ONE MapDone per map
                                      [_workerproc.Watcher]
                                      route reply to its call
@@ -28,7 +29,9 @@ The map of the whole dispatch; ``[module]`` names the module that owns each step
       (run callbacks, flush sends)   supervisor must not block on
       [_helpers]                     pidfd fired: hand over or fail the
                                      calls the worker was in [_book],
-                                     start a new one [_workerproc]
+                                     start a new one [_workerproc];
+                                     with retries, send it the lost
+                                     chunks [_retries]
 
 Where each part lives (each docstring says more; none imports this module): here, the
 :class:`Dispatcher` (entry points, supervisor loop, shutdown), whose lock guards the first two:
@@ -39,6 +42,7 @@ Where each part lives (each docstring says more; none imports this module): here
 - ``_slots``: handles bound to the control block's ``MAX_SLOTS`` real slots, the queue
   of calls waiting for one, and :class:`SlotControl` (:attr:`Dispatcher.control`).
 - ``_dispatch_calls``: the records: :class:`MapCall`, :class:`TaskCall` and their slot handle.
+- ``_retries``: which chunks a dead worker lost, and when a chunk has no retry left.
 - ``_workerproc``: the parent's side of a worker: process, pipe, outbox, death watch, poll.
 - ``_helpers``: the helper threads (``on_done`` callbacks, outbox flushes).
 
@@ -53,14 +57,10 @@ Where each part lives (each docstring says more; none imports this module): here
 - A worker's death is watched through a pidfd (Linux), which only that process's exit can
   fire; multiprocessing's sentinel, the fallback, is a pipe end that processes forked by a
   kernel inherit and keep open.
-- Calls name their control slot by a *handle* that is never reused (``call.slot``, the
-  value of :meth:`Dispatcher.acquire_slot`); the dispatcher's slot table binds a handle to
-  one of the ``MAX_SLOTS`` real slots only while work of it is in flight, and queues work
-  when none is free. So any number of maps, imaps and futures may be open, a stale handle
-  can never touch another call's slot, and :attr:`Dispatcher.control` (which takes
-  handles) is safe to use after the pool is gone.
+- Calls name their control slot by a *handle* never reused (``call.slot``), bound to a real
+  slot only while work of it is in flight (``_slots``), so a stale handle touches nothing.
 - A call completes when every worker it was sent to has replied or died. The first kernel
-  error or death cancels the slot, so the others stop after their current chunk.
+  error or death (without retries left) cancels the slot; the others stop after their chunk.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ from ._control import ControlBlock
 from ._dispatch_calls import Call, MapCall, TaskCall
 from ._helpers import Helpers
 from ._protocol import InitFailed, MapDone, MapJob, Ready, Release, Stop, TaskDone
-from ._remote import rebuild_error
+from ._remote import initializer_failed
+from ._retries import RetryState
 from ._slots import SlotControl, SlotTable
 from ._workerproc import (
     WakeupPipe,
@@ -112,11 +113,9 @@ class Dispatcher:
         worker_env: dict[str, str] | None = None,
     ):
         self._ctx = ctx
-        self._worker_env = worker_env
-        self._count = workers
         self._block = control
-        self._control_path = control_path
-        self._init_payload = init_payload
+        # What every worker start needs besides its index (the first workers and replacements).
+        self._start_args = (workers, control_path, init_payload, worker_env)
         self._lock = threading.Lock()
         self._slots = SlotTable(control)  # handles, real slots and the queue; under _lock
         self._workers: list[Worker] = []  # changed in place only: the book holds it too
@@ -136,9 +135,7 @@ class Dispatcher:
     # ---- workers ------------------------------------------------------------------------
 
     def _start_worker(self, index: int) -> Worker:
-        return start_worker(
-            self._ctx, index, self._count, self._control_path, self._init_payload, self._worker_env
-        )
+        return start_worker(self._ctx, index, *self._start_args)
 
     @property
     def pids(self) -> list[int]:
@@ -174,12 +171,12 @@ class Dispatcher:
         with self._lock:
             self._slots.release(slot)
 
-    def submit_map(self, job: Callable[[int, int], MapJob], total: int) -> MapCall:
+    def submit_map(self, job: Callable[[int, int], MapJob], total: int, retry: RetryState) -> MapCall:
         """Register a call of ``total`` chunks and send ``job(job_id, slot)`` to every worker,
         at once if a control slot is free, else when one frees. Never blocks on a slot."""
         with self._lock:
             self._check_usable()
-            call = MapCall(next(self._job_ids), self._slots.new_handle(), total, job)
+            call = MapCall(next(self._job_ids), self._slots.new_handle(), total, job, retry)
             sends = self._book.admit(call)
         self._sends(sends)
         return call
@@ -195,6 +192,7 @@ class Dispatcher:
         slot: int = -1,
         on_done: Callable[[Call], None] | None = None,
         inline: bool = False,
+        retries: int = 0,
     ) -> TaskCall:
         """Send one batch of calls to the least busy worker (see :class:`TaskBatch`);
         ``slot`` is a handle from :meth:`acquire_slot`, or -1.
@@ -208,7 +206,7 @@ class Dispatcher:
             handle = self._slots.get(slot) if slot >= 0 else None
             if slot >= 0 and handle is None:
                 raise ValueError(f"slot {slot} was not acquired, or was released")
-            call = TaskCall(next(self._job_ids), handle, fn, items, first, count, star)
+            call = TaskCall(next(self._job_ids), handle, fn, items, first, count, star, retries)
             call.on_done = on_done
             call.inline_done = inline
             sends = self._book.admit(call)
@@ -255,6 +253,12 @@ class Dispatcher:
                 call.failure = PoolClosedError("the call was stopped before it started")
                 finished = self._book.maybe_finish(call)
         self._notify(finished)
+        kill_processes(stuck)
+
+    def stop_overdue(self, call: MapCall, limit: float) -> None:
+        """Kill the workers whose chunk of ``call`` has run over ``limit`` s (a crash)."""
+        with self._lock:
+            stuck = self._book.overdue(call, limit)
         kill_processes(stuck)
 
     def release(self, paths: tuple[str, ...]) -> None:
@@ -313,12 +317,7 @@ class Dispatcher:
             worker.set_ready(self._helpers)
             self._startup_deaths = 0
         elif isinstance(message, InitFailed):
-            cause = rebuild_error(message.error, "the worker initializer")
-            broken = WorkerCrashedError(
-                f"worker {worker.index}'s initializer raised {message.error.type_name}: "
-                f"{message.error.message}; the pool cannot run calls"
-            )
-            broken.__cause__ = cause
+            broken = initializer_failed(worker.index, message.error)
             with self._lock:
                 self.broken = broken
                 finished = self._book.fail_all(broken)
@@ -399,9 +398,9 @@ class Dispatcher:
             if self.broken is not None:
                 finished += self._book.fail_all(self.broken)
             sends = self._serve_queue()
-        for call in handover:
+        for _, job in handover:
             assert replacement is not None
-            self._send(replacement, call.job)
+            self._send(replacement, job)
         self._notify(finished)
         self._sends(sends)
         return replacement

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 
 from ._protocol import MapDone, MapJob, RemoteError, TaskDone
+from ._retries import ItemRetries, RetryState
 from ._workerproc import Worker
 
 __all__ = ["Call", "Handle", "MapCall", "TaskCall"]
@@ -53,11 +54,20 @@ class Call:
 class MapCall(Call):
     """One map: sent to every worker, done when each has replied or died."""
 
-    def __init__(self, job_id: int, handle: Handle, total: int, factory: Callable[[int, int], MapJob]):
+    def __init__(
+        self,
+        job_id: int,
+        handle: Handle,
+        total: int,
+        factory: Callable[[int, int], MapJob],
+        retry: RetryState,
+    ):
         super().__init__(job_id, handle, set())
         self.total = total
         self.factory = factory  # builds the MapJob once the call has a real slot
+        self.record: MapJob | None = None  # what factory built, for a job to run lost chunks
         self.job = b""  # the pickled MapJob, resent to a worker that replaces an idle one
+        self.retry = retry  # retries and chunk timeouts (see shmpool._retries)
         self.replies: list[MapDone] = []
         self.errors: list[RemoteError] = []
         self.chunks_run = 0
@@ -68,9 +78,19 @@ class TaskCall(Call):
     """One batch of calls (a ``submit``, or ``imap`` items from ``first``) on one worker."""
 
     def __init__(
-        self, job_id: int, handle: Handle | None, fn: bytes, items: bytes, first: int, count: int, star: bool
+        self,
+        job_id: int,
+        handle: Handle | None,
+        fn: bytes,
+        items: bytes,
+        first: int,
+        count: int,
+        star: bool,
+        retries: int = 0,
     ):
         super().__init__(job_id, handle, set())
+        self.retry = ItemRetries(retries)
+        self.job = b""  # the pickled TaskBatch, sent again to a replacement (retries)
         self.fn = fn
         self.items = items
         self.first = first

@@ -50,6 +50,11 @@ class Submitter(Protocol):
         ...
 
 
+def _call_with(fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+    """``fn(*args, **kwargs)``: a keyword that Pool.submit would take reaches ``fn``."""
+    return fn(*args, **kwargs)
+
+
 class _Item:
     __slots__ = ("args", "fn", "future", "kwargs")
 
@@ -247,7 +252,10 @@ class PoolExecutor(Executor):
         if not item.future.set_running_or_notify_cancel():
             return  # cancelled while queued
         try:
-            theirs = self._pool.submit(item.fn, *item.args, **item.kwargs)
+            if "retries" in item.kwargs:  # the pool's submit takes that keyword for itself
+                theirs = self._pool.submit(_call_with, item.fn, item.args, item.kwargs)
+            else:
+                theirs = self._pool.submit(item.fn, *item.args, **item.kwargs)
         except BaseException as exc:  # cannot travel, or the pool closed: the future says so
             item.future.set_exception(exc)
             return

@@ -36,6 +36,7 @@ from ._checks import (
     check_callable,
     check_imap,
     check_map,
+    check_retries,
     kernel_name,
 )
 from ._executor import PoolExecutor
@@ -226,46 +227,41 @@ class Pool(Allocation):
     # ---- map ----------------------------------------------------------------------------
 
     def map(
-        self,
-        kernel: Callable[..., Any],
-        /,
-        *arrays: Any,
-        axis: int = 0,
-        chunks: int | Iterable[int] | None = None,
-        progress: bool | dict[str, Any] | None = None,
-        timeout: float | None = None,
+        self, kernel: Callable[..., Any], /, *arrays: Any, axis: int = 0,
+        chunks: int | Iterable[int] | None = None, progress: bool | dict[str, Any] | None = None,
+        timeout: float | None = None, retries: int = 0, chunk_timeout: float | None = None,
         **kwargs: Any,
-    ) -> list[Any]:
+    ) -> list[Any]:  # fmt: skip
         """Run ``kernel(*chunk_views, **kwargs)`` over chunks of ``arrays`` in the workers.
 
         Every array is split along ``axis`` into the same chunks; each call gets views of
         one chunk and writes its results in place. Arguments wrapped in :func:`whole` are
         passed whole to every call. Returns the kernel's return values in chunk order.
-        ``chunks``: None (automatic), an int (indices per chunk) or a sequence of chunk
-        lengths. ``progress``: a tqdm bar counting chunks (True, or a dict of tqdm options).
-        ``timeout``: seconds, after which the map is stopped and TimeoutError raised.
-        A kernel's exception is raised here with its own type, the chunk named. On a
+        ``chunks``: None (automatic), an int (indices per chunk) or chunk lengths.
+        ``progress``: a tqdm bar of indices along ``axis`` (True, or tqdm options), which
+        kernels may move with :func:`shmpool.advance`. ``timeout``: seconds, after which the
+        map is stopped and TimeoutError raised. ``retries``: times a chunk whose worker died
+        (not by an exception) runs again before WorkerCrashedError: the kernel must allow
+        that. ``chunk_timeout``: seconds a chunk may run before its worker is killed (a crash,
+        for ``retries``). A kernel's exception is raised here with its own type. On a
         DaskPool, a map over its cluster arrays runs each chunk where it lives.
         """
-        return self._start_map(kernel, arrays, axis, chunks, progress, timeout, kwargs).run_to_end()
+        options = (progress, timeout, retries, chunk_timeout)
+        return self._start_map(kernel, arrays, axis, chunks, options, kwargs).run_to_end()
 
     def map_async(
-        self,
-        kernel: Callable[..., Any],
-        /,
-        *arrays: Any,
-        axis: int = 0,
-        chunks: int | Iterable[int] | None = None,
-        progress: bool | dict[str, Any] | None = None,
-        timeout: float | None = None,
+        self, kernel: Callable[..., Any], /, *arrays: Any, axis: int = 0,
+        chunks: int | Iterable[int] | None = None, progress: bool | dict[str, Any] | None = None,
+        timeout: float | None = None, retries: int = 0, chunk_timeout: float | None = None,
         **kwargs: Any,
-    ) -> Future[list[Any]]:
+    ) -> Future[list[Any]]:  # fmt: skip
         """Like :meth:`map`, but return once the map is sent: a Future of its results.
 
         Bad arguments raise here, never through the future. ``future.cancel()`` works until
         the map has finished: unstarted chunks are skipped and the future is cancelled.
         """
-        call = self._start_map(kernel, arrays, axis, chunks, progress, timeout, kwargs)
+        options = (progress, timeout, retries, chunk_timeout)
+        call = self._start_map(kernel, arrays, axis, chunks, options, kwargs)
         future: PendingFuture[list[Any]] = PendingFuture(on_cancel=call.cancel)
         threading.Thread(
             target=future.settle, args=(call.run_to_end,), name="shmpool-map-async", daemon=True
@@ -278,17 +274,18 @@ class Pool(Allocation):
         arrays: tuple[Any, ...],
         axis: object,
         chunks: object,
-        progress: object,
-        timeout: object,
+        options: tuple[object, object, object, object],
         kwargs: dict[str, Any],
     ) -> MapCall:
         self._check_open()
+        progress, timeout, retries, chunk_timeout = options
         request = check_map(
             kernel, arrays, axis, chunks, progress, self._default_progress, timeout, self.workers, kwargs,
-            own=lambda: self._backend.split_own(arrays, axis, chunks),
+            own=lambda: self._backend.split_own(arrays, axis, chunks), retries=retries,
+            chunk_timeout=chunk_timeout, no_chunk_timeout=(self._backend.kind, self._backend.no_chunk_timeout),
         )  # fmt: skip
         bar = (
-            open_bar(len(request.plan), request.bar_options, "chunk", request.name)
+            open_bar(request.plan.length, request.bar_options, "index", request.name)
             if request.bar_options is not None
             else None
         )
@@ -308,15 +305,15 @@ class Pool(Allocation):
 
     # ---- submit and imap ----------------------------------------------------------------
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+    def submit(self, fn: Callable[..., T], /, *args: Any, retries: int = 0, **kwargs: Any) -> Future[T]:
         """Run ``fn(*args, **kwargs)`` in a worker; a Future of its result.
 
         ``cancel()`` works until the call has finished; a call already running still runs,
-        and its result is dropped.
+        and its result is dropped. ``retries``: as imap's.
         """
         self._check_open()
         check_callable(fn, "fn")
-        request = ItemRequest(fn, kernel_name(fn), 1, True, None, 1)
+        request = ItemRequest(fn, kernel_name(fn), 1, True, None, 1, check_retries(retries))
         stream = self._backend.open_stream(request, star=True)
         call = SubmitCall(request, stream, self._unregister)
         self._register(call)
@@ -336,6 +333,7 @@ class Pool(Allocation):
         ordered: bool = True,
         chunksize: int | Literal["auto"] = 1,
         progress: bool | dict[str, Any] | None = None,
+        retries: int = 0,
     ) -> Iterator[T]:
         """An iterator of ``fn(item)`` for each item of ``iterable``, run in the workers.
 
@@ -346,10 +344,11 @@ class Pool(Allocation):
         ``fn`` is raised from the iterator at that item's position (after the results
         before it), and the remaining items are cancelled; so is closing the iterator
         early. An exception from the iterable itself is raised after the results of the
-        items before it. ``progress``: a tqdm bar counting items.
+        items before it. ``progress``: a tqdm bar counting items. ``retries``: times an
+        item whose worker died runs again (with its batch: ``fn`` must allow that).
         """
         self._check_open()
-        request = check_imap(fn, iterable, ordered, chunksize, progress, self._default_progress)
+        request = check_imap(fn, iterable, ordered, chunksize, progress, self._default_progress, retries)
         stream = self._backend.open_stream(request, star=False)
         call = StreamCall(
             request,

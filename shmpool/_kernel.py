@@ -29,7 +29,7 @@ from ._halo import Halo
 
 __all__ = ["Kernel", "active_pool", "default_pool", "kernel"]
 
-_MAP_OPTIONS = ("axis", "chunks", "progress", "timeout")
+_MAP_OPTIONS = ("axis", "chunks", "progress", "timeout", "retries", "chunk_timeout")
 
 _default: Pool | None = None
 _default_lock = threading.Lock()

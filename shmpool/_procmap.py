@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import CancelledError
 from typing import Any
@@ -24,10 +25,17 @@ from ._copying import copy_into
 from ._dispatch import Dispatcher, MapCall, TaskCall
 from ._protocol import MapJob, RemoteError
 from ._remote import rebuild_error
+from ._retries import RetryState
 
 __all__ = ["ProcessMapRun", "ProcessStream"]
 
 Array = np.ndarray  # type: ignore[type-arg]
+
+# How often a map with a chunk_timeout looks for overdue chunks: a tenth of the limit,
+# within these bounds (more often costs the waiting thread wake-ups, less lets a chunk
+# overrun its limit by that much more).
+_MIN_TIMEOUT_CHECK_S = 0.01
+_MAX_TIMEOUT_CHECK_S = 0.5
 
 
 def _failure(error: RemoteError) -> Failure:
@@ -139,6 +147,9 @@ class ProcessMapRun:
         kernel = _pickling.dumps_kernel(request.kernel, f"kernel {request.name!r}")
         kwargs = _pickling.dumps_or_raise(request.kwargs, "the keyword arguments")
         self._staging = _Staging(store)
+        self._store = store
+        self._marks: Array | None = None
+        self._indices = 0  # the bar's last reading
         try:
             refs, wholes = self._staging.stage(request.split)
             wholes_bytes = _pickling.dumps_or_raise(wholes, "the whole() arguments")
@@ -146,26 +157,65 @@ class ProcessMapRun:
                 return
             axes = tuple(request.split.axes.get(i, -1) for i in range(request.split.count))
             plan, halos = request.plan, request.split.halos
+            marks_ref = None
+            if request.retries:
+                self._marks = store.new_array((len(plan),), np.dtype(np.int64), "C", zero=True)
+                marks_ref = _arrays.ref_of(self._marks)
+            progress, timed = request.bar_options is not None, request.chunk_timeout is not None
             self._call = dispatcher.submit_map(
                 lambda job_id, slot: MapJob(
-                    job_id, slot, kernel, wholes_bytes, kwargs, refs, axes, plan, halos
+                    job_id,
+                    slot,
+                    kernel,
+                    wholes_bytes,
+                    kwargs,
+                    refs,
+                    axes,
+                    plan,
+                    halos,
+                    progress,
+                    marks_ref,
+                    timed,
                 ),
                 len(plan),
+                RetryState(request.retries, self._marks, plan),
             )
         except BaseException:
             self._staging.finish(copy_back=False, reusable=True)  # nothing was sent
+            self._marks = None
             raise
 
     def wait(self, timeout: float | None) -> bool:
-        return self._call is None or self._call.done.wait(timeout)
+        call = self._call
+        if call is None:
+            return True
+        limit = self._request.chunk_timeout
+        if limit is None:
+            return call.done.wait(timeout)
+        # A chunk_timeout is kept here, by whoever waits for the map (the front end always
+        # does): wake often enough to stop an overdue chunk within a tenth of the limit.
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            step = min(max(limit / 10, _MIN_TIMEOUT_CHECK_S), _MAX_TIMEOUT_CHECK_S)
+            if deadline is not None:
+                step = min(step, max(deadline - time.monotonic(), 0.0))
+            if call.done.wait(step):
+                return True
+            self._dispatcher.stop_overdue(call, limit)
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
 
-    def chunks_done(self) -> int:
+    def indices_done(self) -> int:
         call = self._call
         if call is None:
             return 0
         if call.done.is_set():
-            return call.chunks_run
-        return self._dispatcher.control.chunks_done(call.slot)
+            if call.chunks_run >= len(self._request.plan) and not call.errors and call.failure is None:
+                return self._request.plan.length
+            return self._indices  # its slot is gone: keep the bar where it was
+        # After a retried crash the re-run chunks count twice: never past the end.
+        self._indices = min(self._dispatcher.control.indices_done(call.slot), self._request.plan.length)
+        return self._indices
 
     def cancel(self) -> None:
         with self._lock:
@@ -198,6 +248,12 @@ class ProcessMapRun:
             # A run given up on (not over) may still be written by a worker: its copies are
             # still copied back (what its chunks wrote so far), but never lent again.
             self._staging.finish(copy_back=True, reusable=over)
+            if self._marks is not None:
+                if not over:
+                    marks = _arrays.ref_of(self._marks)
+                    assert marks is not None
+                    self._store.taint(marks.path)
+                self._marks = None  # its block goes back to the store when the call's view goes
         outcome.bytes_in, outcome.bytes_back = self._staging.bytes_in, self._staging.bytes_back
         return outcome
 
@@ -272,6 +328,7 @@ class ProcessStream:
             # imap's on_landed only puts the batch's number on a queue; a submit's settles
             # a future, whose done-callbacks are user code.
             inline=not self._star,
+            retries=self._request.retries,
         )
         self._in_flight.add(call)
         if call.done.is_set():  # it landed before the add: its discard came first

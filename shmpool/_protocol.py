@@ -71,6 +71,13 @@ class MapJob:
     axes: tuple[int, ...]  # per position: the axis its array is split along (-1: whole)
     plan: ChunkPlan
     halos: dict[int, HaloSpec]
+    progress: bool = False  # a bar is shown: keep the indices-done word (shmpool.advance)
+    # retries > 0: an int64 array of one mark per chunk, set to worker + 1 when the chunk
+    # ended with a return value (lost if the worker dies before replying), -1 when it ended
+    # with None (nothing to lose).
+    marks: ArrayRef | None = None
+    timed: bool = False  # a chunk_timeout is set: write when each chunk starts
+    redo: tuple[int, ...] = ()  # chunks a dead worker lost, to run before claiming more
 
 
 @wire

@@ -11,9 +11,9 @@ from __future__ import annotations
 from . import _pickling
 from ._origin import attach_origin
 from ._protocol import RemoteError
-from .errors import KernelError
+from .errors import KernelError, WorkerCrashedError
 
-__all__ = ["rebuild_error"]
+__all__ = ["initializer_failed", "rebuild_error"]
 
 
 def rebuild_error(error: RemoteError, where: str) -> BaseException:
@@ -32,3 +32,13 @@ def rebuild_error(error: RemoteError, where: str) -> BaseException:
     return attach_origin(
         KernelError(error.type_name, error.message, error.traceback), where, error.type_name, error.traceback
     )
+
+
+def initializer_failed(worker: int, error: RemoteError) -> WorkerCrashedError:
+    """What breaks a pool whose worker ``worker``'s initializer raised ``error`` (the
+    initializer's own exception as its cause)."""
+    broken = WorkerCrashedError(
+        f"worker {worker}'s initializer raised {error.type_name}: {error.message}; the pool cannot run calls"
+    )
+    broken.__cause__ = rebuild_error(error, "the worker initializer")
+    return broken

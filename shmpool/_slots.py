@@ -157,10 +157,11 @@ class SlotControl:
             handle = self._table.get(slot)
             return handle is not None and handle.cancelled
 
-    def chunks_done(self, slot: int) -> int:
-        """Chunks finished so far by the map of handle ``slot`` (0 unless it is running)."""
+    def indices_done(self, slot: int) -> int:
+        """Indices done so far by the map of handle ``slot``, for its bar (0 unless it is
+        running with a bar)."""
         with self._lock:
             handle = self._table.get(slot)
             if handle is None or handle.real < 0:
                 return 0
-            return self._table.block.chunks_done(handle.real)
+            return self._table.block.indices_done(handle.real)

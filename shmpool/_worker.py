@@ -19,6 +19,7 @@ import mmap
 import os
 import pickle
 import signal
+import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from typing import Any
 
 from . import _arrays, _pickling
 from ._active import mark_worker_process
+from ._advance import Tally, install
 from ._control import PREPARING, ControlBlock
 from ._halo import NO_MARGINS, HaloViews, chunk_slot
 from ._lifeline import default_ending_signals, watch_parent
@@ -153,7 +155,15 @@ def _run_map(job: MapJob, control: ControlBlock, index: int, kernels: _KernelCac
     # a worker that dies from here on is seen to have worked on this map, so the map fails
     # instead of being handed to a replacement that would die the same way.
     words[current_word] = PREPARING
+    units_word, started_word = control.extra_words(job.slot, index)
+    # Only maps with a bar, retries or a chunk_timeout pay for the bookkeeping below.
+    tally = Tally(words, units_word) if job.progress else None
+    outer = install(tally)
+    marks: Any = None
     try:
+        if job.marks is not None:
+            marks = _arrays.view_from_ref(job.marks)
+        tracked = tally is not None or marks is not None or job.timed
         kernel = kernels.get(job.kernel)
         wholes = _pickling.loads(job.wholes)
         kwargs = _pickling.loads(job.kwargs)
@@ -174,11 +184,16 @@ def _run_map(job: MapJob, control: ControlBlock, index: int, kernels: _KernelCac
         cancel_word = control.cancel_word(slot)
         # The per-chunk loop is the W1 hot path: no method calls but the kernel's.
         size, length, offsets = plan.size, plan.length, plan.offsets
+        redo: tuple[int, ...] | range = job.redo
         while True:
-            start, stop = control.claim(slot, index)
-            if start == stop:
-                break
-            for chunk in range(start, stop):
+            if redo:  # chunks a dead worker lost come first
+                run, redo = redo, ()
+            else:
+                start, stop = control.claim(slot, index)
+                if start == stop:
+                    break
+                run = range(start, stop)
+            for chunk in run:
                 if words[cancel_word]:
                     break
                 words[current_word] = chunk + 1
@@ -193,11 +208,21 @@ def _run_map(job: MapJob, control: ControlBlock, index: int, kernels: _KernelCac
                     where[0] = (chunk, low, high, length, NO_MARGINS)
                 else:
                     halos.place(args, arrays, chunk, low, high, where)
+                if tracked:
+                    if job.timed:
+                        words[started_word] = time.monotonic_ns()
+                    if tally is not None:
+                        tally.limit = words[units_word] + high - low
                 value = kernel(*args, **kwargs)
                 if value is not None:
                     results.append((chunk, value))
                 ran += 1
                 words[done_word] = ran
+                if tracked:
+                    if tally is not None:
+                        words[units_word] = tally.limit  # the whole chunk, whatever was reported
+                    if marks is not None:
+                        marks[chunk] = -1 if value is None else index + 1
             else:
                 continue
             break
@@ -205,10 +230,12 @@ def _run_map(job: MapJob, control: ControlBlock, index: int, kernels: _KernelCac
         control.cancel(job.slot)
         error = remote_error(exc, chunk)
     finally:
+        install(outer)
         words[current_word] = 0
         chunk_slot()[0] = None
         args.clear()  # drop the views before blocking on the pipe again
         arrays.clear()
+        marks = None
     packed: bytes | None = None
     if results and error is None:
         try:

@@ -115,8 +115,9 @@ class _DaskStream:
             (args, kwargs) = items[0]
             payload = dumps((args, kwargs), f"the arguments of {self._request.name!r}")
             task = self._client.submit(
-                run_call, self._fn_bytes, payload, self._backend.origin, key=self._prefix, pure=False
-            )
+                run_call, self._fn_bytes, payload, self._backend.origin, key=self._prefix, pure=False,
+                retries=self._request.retries,
+            )  # fmt: skip
         else:
             payload = dumps(items, f"imap items {first} to {first + len(items) - 1}")
             if self._fn_task is None:
@@ -124,8 +125,9 @@ class _DaskStream:
                     Payload, self._fn_bytes, self._backend.origin, False, key=f"{self._prefix}-fn", pure=False
                 )
             task = self._client.submit(
-                run_items, self._fn_task, first, payload, key=(self._prefix, first), pure=False
-            )
+                run_items, self._fn_task, first, payload, key=(self._prefix, first), pure=False,
+                retries=self._request.retries,
+            )  # fmt: skip
         batch.task = task
         with self._lock:
             self._tasks.add(task)
@@ -186,6 +188,10 @@ class DaskBackend:
     # imap chunksize="auto": a Dask task costs milliseconds of scheduling, so a batch should
     # carry ten times more work than a SharedPool's to make that cost small.
     batch_target_s = 0.1
+    no_chunk_timeout: str | None = (
+        "Dask cannot stop one running task; use timeout= for the whole map (its running "
+        "tasks then finish on their workers, their results dropped)"
+    )
 
     def __init__(self, client: DaskClient | None, address: str | None):
         self.origin = origin()

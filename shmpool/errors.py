@@ -33,19 +33,36 @@ class WorkerCrashedError(ShmpoolError, RuntimeError):
 
     ``exitcode`` is the process's exit code (negative: the signal number), ``chunk`` the
     index of the chunk or item it was running, or None if it was between chunks.
+    ``attempts`` lists, for a call made with ``retries`` or ``chunk_timeout``, every death
+    in it: ``(chunk or item index or None, start, stop, reason)``, where ``start:stop`` are
+    the chunk's indices along the split axis (for an item, its number and number + 1) and
+    ``reason`` says how the worker ended.
     """
 
-    def __init__(self, message: str, *, exitcode: int | None = None, chunk: int | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        exitcode: int | None = None,
+        chunk: int | None = None,
+        attempts: tuple[tuple[int | None, int, int, str], ...] = (),
+    ):
         super().__init__(message)
         self.exitcode = exitcode
         self.chunk = chunk
+        self.attempts = attempts
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild_crash, (str(self), self.exitcode, self.chunk))
+        return (_rebuild_crash, (str(self), self.exitcode, self.chunk, self.attempts))
 
 
-def _rebuild_crash(message: str, exitcode: int | None, chunk: int | None) -> WorkerCrashedError:
-    return WorkerCrashedError(message, exitcode=exitcode, chunk=chunk)
+def _rebuild_crash(
+    message: str,
+    exitcode: int | None,
+    chunk: int | None,
+    attempts: tuple[tuple[int | None, int, int, str], ...] = (),
+) -> WorkerCrashedError:
+    return WorkerCrashedError(message, exitcode=exitcode, chunk=chunk, attempts=attempts)
 
 
 class SharedMemoryFullError(ShmpoolError, MemoryError):

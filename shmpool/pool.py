@@ -64,6 +64,7 @@ class ProcessBackend:
     kind = "SharedPool"
     # imap chunksize="auto": a batch costs one message each way, a few microseconds.
     batch_target_s = 0.01
+    no_chunk_timeout: str | None = None  # a chunk's worker is a process, which can be killed
 
     def __init__(
         self,

@@ -7,6 +7,10 @@ each thread views of the caller's own arrays, and kernels, lambdas and closures 
 directly. A map's chunks are claimed one at a time from a counter by up to ``workers``
 runners on a ``concurrent.futures.ThreadPoolExecutor``.
 
+A map's ``retries`` never come into play: a thread does not die the way a process does
+(a kernel's exception, ``SystemExit`` included, is raised to the caller, never retried),
+and ``os._exit`` or a fatal signal ends the whole process. ``chunk_timeout`` is refused.
+
 Threads cannot be killed. A chunk still running when its map times out, is cancelled
 after the grace, or the pool is terminated runs to its end in its thread and may still
 write into the arrays; its result is dropped, and :meth:`ThreadPool.close` waits for it.
@@ -23,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ._active import enter_worker_thread, in_worker
+from ._advance import Tally, install
 from ._backend import BatchOutcome, Failure, ItemBatch, ItemStream, MapOutcome, MapRun
 from ._checks import ItemRequest, MapRequest
 from ._frontend import Pool
@@ -69,6 +74,9 @@ class _ThreadMapRun:
         self._halos = HaloViews(split.halos, split.axes, split.length) if split.halos else None
         runners = min(backend.workers, self._count)
         self._active = runners
+        # With a bar, each runner's indices done (shmpool.advance moves its entry).
+        self._tallies: list[int] | None = [0] * runners if request.bar_options is not None else None
+        self._runners = iter(range(runners))
         self._limiter = backend.limiter
         self._limiter.enter()  # BLAS limits are process-wide: lowered while the map runs
         try:
@@ -92,6 +100,10 @@ class _ThreadMapRun:
         halos, length = self._halos, plan.length
         where = chunk_slot()  # what shmpool.chunk_info() reads, in this thread
         outer = where[0]  # a map run inline from a kernel gives the outer chunk back after
+        tallies = self._tallies
+        with self._lock:
+            tally = None if tallies is None else Tally(tallies, next(self._runners))
+        outer_tally = install(tally)
         try:
             while True:
                 with self._lock:
@@ -104,6 +116,8 @@ class _ThreadMapRun:
                     args[i] = self._args[i][lead + (slice(low, high),)]  # noqa: RUF005 - 3.10 syntax
                 if halos is None:
                     where[0] = (chunk, low, high, length, NO_MARGINS)
+                if tally is not None:
+                    tally.limit = tally.words[tally.index] + high - low
                 try:
                     if halos is not None:  # inside the try: a padded copy may not fit in memory
                         halos.place(args, self._args, chunk, low, high, where)
@@ -114,10 +128,13 @@ class _ThreadMapRun:
                         self._stopped = True
                     return
                 self._results[chunk] = value
+                if tally is not None:
+                    tally.words[tally.index] = tally.limit  # the whole chunk counts
                 with self._lock:
                     self._run += 1
         finally:
             where[0] = outer
+            install(outer_tally)
             self._runner_ended(None)
 
     def _runner_ended(self, future: StdFuture[None] | None) -> None:
@@ -134,8 +151,10 @@ class _ThreadMapRun:
     def wait(self, timeout: float | None) -> bool:
         return self._over.wait(timeout)
 
-    def chunks_done(self) -> int:
-        return self._run
+    def indices_done(self) -> int:
+        if self._tallies is None:
+            return 0
+        return sum(self._tallies)
 
     def cancel(self) -> None:
         with self._lock:
@@ -218,6 +237,11 @@ class ThreadBackend(PrivateMemory):
     kind = "ThreadPool"
     # imap chunksize="auto": a batch costs a queue hand-off, tens of microseconds.
     batch_target_s = 0.01
+    no_chunk_timeout: str | None = (
+        "a thread cannot be stopped while it runs a chunk; use timeout= for the whole map "
+        "(its chunks then run to their end in their threads), or a SharedPool, whose "
+        "workers are processes"
+    )
 
     def __init__(self, workers: int, inner_threads: int | None = None):
         super().__init__()

@@ -117,3 +117,16 @@ def test_stencil_benchmark_smoke() -> None:
         "dask-threads",
         "dask-processes",
     }, proc.stdout
+
+
+def test_advance_cost_benchmark_smoke() -> None:
+    """benchmarks/advance_cost.py at a tiny size: every line reports a cost per call (the
+    figures are for the README; speed is not asserted in tests)."""
+    proc = run_python(
+        str(ROOT / "benchmarks" / "advance_cost.py"),
+        *("--calls", "20000", "--repeats", "3"),
+        timeout=SMOKE_TIMEOUT_S,
+        cwd=ROOT,
+    )
+    figures = [float(line.split(":")[1].split()[0]) for line in proc.stdout.splitlines()]
+    assert len(figures) == 5 and all(ns > 0 for ns in figures), proc.stdout

@@ -623,6 +623,16 @@ def test_progress_bar_and_pool_default(dask_client: Any, capsys: pytest.CaptureF
         assert capsys.readouterr().err == ""
 
 
+def test_retries_are_passed_on_and_chunk_timeout_is_refused(dask_pool: DaskPool) -> None:
+    # Dask reruns a task its worker lost by itself; retries= reaches client.submit.
+    assert dask_pool.map(np.sum, np.arange(6), chunks=3, retries=2) == [3, 12]
+    with pytest.raises(ValueError, match="chunk_timeout is not available on a DaskPool"):
+        dask_pool.map(np.sum, np.arange(6), chunk_timeout=1.0)
+    with pytest.raises(ValueError, match="retries must be a non-negative int"):
+        dask_pool.map(np.sum, np.arange(6), retries=-1)
+    shmpool.advance()  # a no-op here, as in any code outside a SharedPool or ThreadPool map
+
+
 def test_threads_share_a_pool(dask_pool: DaskPool) -> None:
     errors: list[BaseException] = []
 

@@ -24,6 +24,7 @@ EXPECTED = {
     "WorkerCrashedError",
     "__version__",
     "active_pool",
+    "advance",
     "chunk_info",
     "default_pool",
     "default_start_method",

@@ -54,8 +54,8 @@ class FakeRun:
     def wait(self, timeout: float | None) -> bool:
         return self.over.wait(timeout)
 
-    def chunks_done(self) -> int:
-        return self.outcome.chunks_run
+    def indices_done(self) -> int:
+        return sum(high - low for low, high in map(self.request.plan.bounds, range(self.outcome.chunks_run)))
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -108,6 +108,7 @@ class FakeStream:
 class FakeBackend:
     kind = "FakePool"
     batch_target_s = 0.01
+    no_chunk_timeout: str | None = "a fake backend runs chunks inline"
 
     def __init__(self) -> None:
         self.hang = False

@@ -65,7 +65,7 @@ def test_the_first_bar_of_a_process_shows_the_maps_rate() -> None:
         """
     )
     true_rate, bar = proc.stdout.strip().splitlines()
-    shown = re.search(r"([\d.]+)(k?)chunk/s", bar)
+    shown = re.search(r"([\d.]+)(k?)index/s", bar)  # chunks=1: one index per chunk
     assert shown is not None, bar
     rate = float(shown.group(1)) * (1000 if shown.group(2) else 1)
     # The bar cannot see the argument checks before it opens: allow it to be a bit faster.
