@@ -32,7 +32,6 @@ import contextlib
 import itertools
 import math
 import os
-import sys
 import threading
 import types
 import warnings
@@ -217,8 +216,10 @@ class BlockStore:
             return
         self._fell_back = True
         # Point the warning at the user's call, past shmpool's own frames.
+        import inspect  # only here: a fallback happens at most once per pool
+
         level = 1
-        frame: types.FrameType | None = sys._getframe(0)
+        frame: types.FrameType | None = inspect.currentframe()
         while frame is not None and frame.f_globals.get("__name__", "").startswith("shmpool."):
             frame, level = frame.f_back, level + 1
         warnings.warn(
