@@ -143,8 +143,14 @@ def limit_this_process(limit: int) -> None:
     """Limit this process's native thread pools to ``limit`` threads: the ones loaded now
     (threadpoolctl) and the ones loaded later (the environment variables)."""
     os.environ.update(thread_env(limit))
-    controller().limit(limits=limit)  # never restored: the process is a worker of ours
-    _release_control()
+    # Only the libraries not at the limit already: setting one costs milliseconds in a
+    # forked worker (OpenBLAS restarts its thread server), which a pool whose limit changes
+    # nothing (one worker on two CPUs) need not pay. Never restored: the process is ours.
+    changed = [lib for lib in controller().lib_controllers if lib.num_threads != limit]
+    for lib in changed:
+        lib.set_num_threads(limit)
+    if changed:
+        _release_control()
 
 
 def worker_start(limit: int | None, initializer: Any, initargs: tuple[Any, ...]) -> None:

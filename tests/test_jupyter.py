@@ -164,7 +164,7 @@ def test_notebook_through_nbclient() -> None:
     assert _text(cells[3], "stream", "stdout") == "active: True 1 1240.0\n"
     # The bar reached its end on stderr (a text bar: there is no widget front end here).
     bar = _text(cells[4], "stream", "stderr")
-    assert re.search(r"shift: 100%\|\S+\| 4/4 ", bar), bar
+    assert re.search(r"shift: 100%\|\S+\| 16/16 ", bar), bar  # the bar counts indices
     assert _text(cells[4], "stream", "stdout") == "shifted: 136.0\n"
     # The error: the kernel's own type, and the remote traceback names the cell, the line
     # and its source, as IPython does for local code; no frame of shmpool's in it.
