@@ -12,7 +12,8 @@ threadpool (``shmpool.ThreadPool``, the same calls), cf_tpe (``np.empty`` + a
 ThreadPoolExecutor over slices), shm_hand (SharedMemory segments + a fork Pool) and
 joblib_memmap (a new ``np.memmap`` output; skipped when joblib is missing). Rows run in
 rounds with a rotating order, one warm-up round; every result is checked against serial
-NumPy (outside the timing) and each system's arrays are released after it.
+NumPy (outside the timing) and each system's arrays are dropped after it (pool arrays
+by the last reference, as in a user's loop: not ``pool.free``, which would unmap them).
 
 All systems live in this one process (unlike ``run.py``'s hosts): idle pools' threads and
 processes sleep while another system runs.
@@ -56,6 +57,10 @@ DROP_CAP = 2 << 30  # W9 drop stops when /dev/shm grew this much: not flat, and 
 Run = Callable[[], tuple[np.ndarray, Callable[[], None]]]
 
 
+def _nothing() -> None:
+    pass
+
+
 def _systems(workers: int, x: np.ndarray, bounds: list[tuple[int, int]]) -> tuple[dict[str, Any], list[Any]]:
     """Each system's e2e and shared call, and what to close at the end."""
     chunk_len = bounds[0][1]
@@ -68,16 +73,19 @@ def _systems(workers: int, x: np.ndarray, bounds: list[tuple[int, int]]) -> tupl
     def pool_calls(p: Any) -> dict[str, Run]:
         xs = p.asarray(x)
 
+        # The arrays are dropped, as a user's loop drops them (the next call's empty_like
+        # reuses their blocks); pool.free() would give the memory back at once instead,
+        # and every call would pay for fresh pages (W9's "free" row shows that cost).
         def e2e() -> tuple[np.ndarray, Callable[[], None]]:
             a = p.asarray(x)
             y = p.empty_like(a)
             p.map(KERNEL, a, y, chunks=chunk_len)
-            return y, lambda: (p.free(a), p.free(y), None)[-1]
+            return y, _nothing
 
         def shared() -> tuple[np.ndarray, Callable[[], None]]:
             y = p.empty_like(xs)
             p.map(KERNEL, xs, y, chunks=chunk_len)
-            return y, lambda: p.free(y)
+            return y, _nothing
 
         return {"e2e": e2e, "shared": shared}
 
