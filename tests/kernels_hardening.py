@@ -134,6 +134,14 @@ def sleep_chunk(x: np.ndarray, seconds: float) -> None:
     time.sleep(seconds)
 
 
+def wait_for_path(x: np.ndarray, path: str, limit: float = 30.0) -> None:
+    """Hold the worker until ``path`` exists (or ``limit`` seconds pass): a blocker the
+    test releases when it is ready, not after a time a slow machine may outrun."""
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def square(i: int) -> int:
     return i * i
 

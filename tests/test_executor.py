@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,14 @@ def fail_on(x: int, bad: int) -> int:
     if x == bad:
         raise ValueError(f"bad item {x}")
     return x * 10
+
+
+def hold_until(path: str, value: Any) -> Any:
+    """Return ``value`` once ``path`` exists (at most 30 s)."""
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return value
 
 
 def sleep_then(seconds: float, value: Any) -> Any:
@@ -112,11 +121,16 @@ def test_done_callbacks_run_once_each(executor: shmpool.PoolExecutor) -> None:
     assert called == [("first", 7), ("second", 7), ("late", 7)]
 
 
-def test_wait_and_as_completed(executor: shmpool.PoolExecutor) -> None:
-    slow = executor.submit(sleep_then, 1.5, "slow")
+def test_wait_and_as_completed(executor: shmpool.PoolExecutor, tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    # The slow call ends when the test says so, not after a time a busy machine may outrun.
+    slow = executor.submit(hold_until, str(release), "slow")
     fast = executor.submit(sleep_then, 0.0, "fast")
-    done, not_done = futures.wait([slow, fast], timeout=30, return_when=futures.FIRST_COMPLETED)
-    assert fast in done and slow in not_done
+    try:
+        done, not_done = futures.wait([slow, fast], timeout=30, return_when=futures.FIRST_COMPLETED)
+        assert fast in done and slow in not_done
+    finally:
+        release.touch()
     assert [f.result() for f in futures.as_completed([slow, fast], timeout=30)] == ["fast", "slow"]
 
 

@@ -9,6 +9,7 @@ import gc
 import threading
 import time
 from concurrent.futures import CancelledError, Future, wait
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -168,17 +169,23 @@ def test_cancel_of_a_finished_map_never_touches_the_next(shared_pool: shmpool.Sh
         assert first.cancelled() or first.result() == [1, 1, 1, 1]
 
 
-def test_cancel_of_a_queued_map_returns_at_once(shared_pool: shmpool.SharedPool) -> None:
-    blocker = shared_pool.map_async(k.sleep_chunk, np.zeros(shared_pool.workers), chunks=1, seconds=0.6)
-    time.sleep(0.1)
-    # More maps than any fixed number of control slots: the later ones must queue.
-    queued = [shared_pool.map_async(k.noop, np.zeros(2), chunks=1) for _ in range(60)]
-    time.sleep(0.05)
-    start = time.monotonic()
-    assert queued[-1].cancel()
-    assert time.monotonic() - start < 0.2
-    with pytest.raises(CancelledError):
-        queued[-1].result(timeout=1)
+def test_cancel_of_a_queued_map_returns_at_once(shared_pool: shmpool.SharedPool, tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    # Every worker held until the test says so (a timed blocker could end, on a slow
+    # machine, before the queue below is even built, and the queued maps would run).
+    blocker = shared_pool.map_async(
+        k.wait_for_path, np.zeros(shared_pool.workers), chunks=1, path=str(release)
+    )
+    try:
+        # More maps than any fixed number of control slots: the later ones must queue.
+        queued = [shared_pool.map_async(k.noop, np.zeros(2), chunks=1) for _ in range(60)]
+        start = time.monotonic()
+        assert queued[-1].cancel()
+        assert time.monotonic() - start < 0.2
+        with pytest.raises(CancelledError):
+            queued[-1].result(timeout=1)
+    finally:
+        release.touch()
     assert blocker.result(timeout=10) == [None] * shared_pool.workers
     assert all(f.result(timeout=10) == [1, 1] for f in queued[:-1])
 
