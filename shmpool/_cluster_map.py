@@ -31,7 +31,7 @@ from ._backend import MapOutcome
 from ._checks import MapRequest, SplitArgs
 from ._cluster_array import ClusterArray, ClusterStore
 from ._cluster_worker import outcome_of, pick, resplit, run_on_chunks, take
-from ._dask_map import crash_error, dumps, failure_of, task_name
+from ._dask_map import crash_error, dumps, failure_of, next_landed, task_name
 from ._dask_worker import Payload
 
 __all__ = ["SETTLE_S", "SPEC_IN_TASK_LIMIT", "ClusterMapRun", "ClusterSplit", "MapArrays"]
@@ -183,18 +183,9 @@ class ClusterMapRun:
     def wait(self, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         while self._pending and not self._stopped:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
+            landed = next_landed(self._landed, deadline)
+            if landed is None:
                 return False
-            try:
-                landed = [self._landed.get(timeout=left)]
-            except queue.Empty:
-                return False
-            while True:
-                try:
-                    landed.append(self._landed.get_nowait())
-                except queue.Empty:
-                    break
             try:
                 self._take([t for t in landed if t is not None and t in self._pending])
             except Exception as exc:  # the client closed under a gather (terminate)

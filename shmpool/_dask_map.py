@@ -30,7 +30,15 @@ from ._remote import rebuild_error
 from ._source import SourcePickler
 from .errors import WorkerCrashedError
 
-__all__ = ["CHUNKS_IN_FLIGHT_PER_THREAD", "DaskMapRun", "crash_error", "dumps", "failure_of", "task_name"]
+__all__ = [
+    "CHUNKS_IN_FLIGHT_PER_THREAD",
+    "DaskMapRun",
+    "crash_error",
+    "dumps",
+    "failure_of",
+    "next_landed",
+    "task_name",
+]
 
 Array = np.ndarray  # type: ignore[type-arg]
 DaskClient = Any
@@ -76,6 +84,23 @@ def crash_error(exc: BaseException, what: str, chunk: int | None) -> BaseExcepti
         crashed.__cause__ = exc
         return crashed
     return exc
+
+
+def next_landed(landed: queue.SimpleQueue[Any], deadline: float | None) -> list[Any] | None:
+    """The next task to land on ``landed`` (waiting until ``deadline``, a monotonic time, or
+    for ever) and every one that landed with it; None when the deadline passed first."""
+    left = None if deadline is None else deadline - time.monotonic()
+    if left is not None and left <= 0:
+        return None
+    try:
+        batch = [landed.get(timeout=left)]
+    except queue.Empty:
+        return None
+    while True:
+        try:
+            batch.append(landed.get_nowait())
+        except queue.Empty:
+            return batch
 
 
 class DaskMapRun:
@@ -175,19 +200,9 @@ class DaskMapRun:
     def wait(self, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._over():
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
+            landed = next_landed(self._landed, deadline)
+            if landed is None:
                 return False
-            try:
-                first = self._landed.get(timeout=left)
-            except queue.Empty:
-                return False
-            landed = [first]
-            while True:
-                try:
-                    landed.append(self._landed.get_nowait())
-                except queue.Empty:
-                    break
             try:
                 self._take([t for t in landed if t is not None and t in self._inflight])
             except Exception as exc:  # the client closed under a gather (terminate)
