@@ -19,6 +19,7 @@ __all__ = [
     "huge_page_setting",
     "huge_pages_line",
     "mount_huge_option",
+    "mount_of",
 ]
 
 THP_SHMEM_SETTING = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
@@ -38,27 +39,35 @@ def huge_page_setting() -> str:
     return found[1] if found else "unavailable"
 
 
+def mount_of(folder: str) -> tuple[str, str, list[str]] | None:
+    """The mount that holds ``folder``, the longest matching mount point of
+    /proc/self/mounts, as (mount point, file system type, options); None where that
+    cannot be read. Not cached: its callers cache what they derive from it."""
+    try:
+        with open("/proc/self/mounts") as mounts:
+            lines = mounts.read().splitlines()
+    except OSError:
+        return None
+    found: tuple[str, str, list[str]] | None = None
+    for fields in (line.split() for line in lines):
+        if len(fields) < 4 or (found is not None and len(fields[1]) < len(found[0])):
+            continue
+        if folder == fields[1] or folder.startswith(fields[1].rstrip("/") + "/"):
+            found = (fields[1], fields[2], fields[3].split(","))
+    return found
+
+
 @functools.lru_cache(maxsize=16)
 def mount_huge_option(folder: str) -> str:
     """The ``huge=`` option of the tmpfs that holds ``folder`` ("never" when not given),
     or ``"n/a"`` when it is not on a tmpfs. For a mounted tmpfs such as /dev/shm this, not
     shmem_enabled, decides (shmem_enabled rules the kernel's internal mount; its ``deny``
     and ``force`` override every mount). Cached: mounts do not change under a pool."""
-    point, option = "", "n/a"
-    try:
-        with open("/proc/self/mounts") as mounts:
-            lines = mounts.read().splitlines()
-    except OSError:
-        return option
-    for fields in (line.split() for line in lines):
-        if len(fields) < 4 or len(fields[1]) < len(point):
-            continue
-        if folder == fields[1] or folder.startswith(fields[1].rstrip("/") + "/"):
-            point, option = fields[1], "n/a"
-            if fields[2] == "tmpfs":
-                found = [o[5:] for o in fields[3].split(",") if o.startswith("huge=")]
-                option = found[0] if found else "never"
-    return option
+    mount = mount_of(folder)
+    if mount is None or mount[1] != "tmpfs":
+        return "n/a"
+    found = [o[5:] for o in mount[2] if o.startswith("huge=")]
+    return found[0] if found else "never"
 
 
 def huge_page_plan(folder: str) -> tuple[bool, bool]:

@@ -17,6 +17,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 
+from ._pages import mount_of
 from ._sizing import MemoryLimit, memory_limit
 
 __all__ = ["MEMORY_FILE_SYSTEMS", "FolderSpace", "fallback_folder", "folder_space", "memory_backed"]
@@ -33,19 +34,8 @@ def _file_system(folder: str) -> str:
     """The type of the file system that holds ``folder`` (the longest matching mount
     point of /proc/self/mounts), or "" where that cannot be read. Cached: mounts do not
     change under a pool."""
-    folder = os.path.realpath(folder)
-    point, kind = "", ""
-    try:
-        with open("/proc/self/mounts") as mounts:
-            lines = mounts.read().splitlines()
-    except OSError:
-        return kind
-    for fields in (line.split() for line in lines):
-        if len(fields) < 3 or len(fields[1]) < len(point):
-            continue
-        if folder == fields[1] or folder.startswith(fields[1].rstrip("/") + "/"):
-            point, kind = fields[1], fields[2]
-    return kind
+    mount = mount_of(os.path.realpath(folder))
+    return "" if mount is None else mount[1]
 
 
 def memory_backed(folder: str) -> bool:
