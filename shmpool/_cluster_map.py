@@ -31,7 +31,7 @@ from ._backend import MapOutcome
 from ._checks import MapRequest, SplitArgs
 from ._cluster_array import ClusterArray, ClusterStore
 from ._cluster_worker import outcome_of, pick, resplit, run_on_chunks, take
-from ._dask_map import crash_error, dumps, failure_of, next_landed, task_name
+from ._dask_map import dumps, failure_of, next_landed, task_failure, task_name
 from ._dask_worker import Payload
 
 __all__ = ["SETTLE_S", "SPEC_IN_TASK_LIMIT", "ClusterMapRun", "ClusterSplit", "MapArrays"]
@@ -223,14 +223,7 @@ class ClusterMapRun:
             lost = [i for i, f in enumerate(sources) if f.status in ("lost", "cancelled", "error")]
             if lost:
                 return array.lost_error(lost)
-        where = self._request.where(index)
-        if task.status == "cancelled":
-            return CancelledError(f"{where} was cancelled on the Dask cluster")
-        try:
-            exc = task.exception()
-        except BaseException as fetch_error:
-            exc = fetch_error
-        return crash_error(exc, where, index)
+        return task_failure(task, self._request.where(index), index)
 
     def indices_done(self) -> int:
         return self._indices  # whole chunks: shmpool.advance() does nothing on a cluster

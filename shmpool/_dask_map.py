@@ -37,6 +37,7 @@ __all__ = [
     "dumps",
     "failure_of",
     "next_landed",
+    "task_failure",
     "task_name",
 ]
 
@@ -84,6 +85,18 @@ def crash_error(exc: BaseException, what: str, chunk: int | None) -> BaseExcepti
         crashed.__cause__ = exc
         return crashed
     return exc
+
+
+def task_failure(task: Any, where: str, index: int) -> BaseException:
+    """Why the Dask task of chunk ``index`` (named ``where``) did not finish: cancelled, or
+    the error it raised (a crash: :func:`crash_error`)."""
+    if task.status == "cancelled":
+        return CancelledError(f"{where} was cancelled on the Dask cluster")
+    try:
+        exc = task.exception()
+    except BaseException as fetch_error:  # the scheduler went away meanwhile
+        exc = fetch_error
+    return crash_error(exc, where, index)
 
 
 def next_landed(landed: queue.SimpleQueue[Any], deadline: float | None) -> list[Any] | None:
@@ -247,14 +260,7 @@ class DaskMapRun:
                 task.add_done_callback(self._landed.put)
 
     def _task_failure(self, task: DaskFuture, index: int) -> BaseException:
-        where = self._request.where(index)
-        if task.status == "cancelled":
-            return CancelledError(f"{where} was cancelled on the Dask cluster")
-        try:
-            exc = task.exception()
-        except BaseException as fetch_error:  # the scheduler went away meanwhile
-            exc = fetch_error
-        return crash_error(exc, where, index)
+        return task_failure(task, self._request.where(index), index)
 
     def _write_back(self, index: int, changed: tuple[Any, ...], diffs: tuple[Any, ...]) -> int:
         moved = 0
