@@ -218,6 +218,11 @@ def split_args(args: tuple[Any, ...], axis: object) -> SplitArgs:
     for i, given in enumerate(args):
         arg = given
         if isinstance(given, Halo):
+            if not isinstance(given.array, np.ndarray):  # a DaskPool's cluster array, elsewhere
+                raise TypeError(
+                    f"positional argument {i} of map is a halo() of a {type(given.array).__name__}, "
+                    "which only its own DaskPool maps over; here, pass a halo() of a NumPy array"
+                )
             halos[i] = given.spec
             arg = given.array.view()  # read-only: neighbouring chunks read its margins
             arg.flags.writeable = False

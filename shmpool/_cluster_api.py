@@ -20,9 +20,12 @@ import numpy as np
 from ._checks import Whole
 from ._chunks import ChunkPlan, plan_chunks
 from ._cluster_array import ClusterArray, ClusterStore
+from ._cluster_halo import HaloArg
 from ._cluster_map import ClusterSplit, MapArrays
 from ._cluster_worker import make_chunk
-from ._halo import Halo
+from ._halo import Halo, HaloSpec, accept_arrays, check_halos, written_halo_error
+
+accept_arrays(ClusterArray)  # shmpool.halo() marks cluster arrays: their maps build the views
 
 __all__ = ["DEFAULT_CHUNK_BYTES", "ClusterArrays"]
 
@@ -93,7 +96,7 @@ class ClusterArrays:
         map over NumPy arrays). Cluster arrays and chunked NumPy arrays do not mix: a map
         runs either where its arrays live or from this process."""
         if not any(
-            isinstance(a, ClusterArray) or (isinstance(a, Whole) and isinstance(a.obj, ClusterArray))
+            isinstance(a.obj if isinstance(a, Whole) else a.array if isinstance(a, Halo) else a, ClusterArray)
             for a in args
         ):
             return None
@@ -105,6 +108,8 @@ class ClusterArrays:
         layout: list[int] = []
         wholes: dict[int, Any] = {}
         joined: list[ClusterArray] = []
+        halos: list[HaloArg] = []
+        ordered: list[tuple[ClusterArray, int]] = []  # split arrays, halo ones too, by position
         for i, arg in enumerate(args):
             if isinstance(arg, Whole):
                 if isinstance(arg.obj, ClusterArray):
@@ -116,11 +121,18 @@ class ClusterArrays:
                     layout.append(-1)
                 continue
             if isinstance(arg, Halo):
-                raise TypeError(
-                    f"positional argument {i} of map is a halo(), which maps over cluster arrays do "
-                    "not support yet (their chunks live on different workers); a map over NumPy "
-                    "arrays ships each chunk with its margin"
-                )
+                if not isinstance(arg.array, ClusterArray):
+                    raise TypeError(
+                        f"positional argument {i} of map is a halo() of a {type(arg.array).__name__}, "
+                        "while other arguments are cluster arrays: a map runs where cluster arrays "
+                        "live, or over NumPy arrays from this process, not both; make it one with "
+                        "pool.asarray(a) and pass halo() of that"
+                    )
+                array = self._checked(arg.array, i, axis)
+                halos.append(HaloArg(i, array, axis % array.ndim, arg.spec))
+                ordered.append((array, axis % array.ndim))
+                layout.append(-1)  # unused: the worker puts the halo view at position i
+                continue
             if not isinstance(arg, ClusterArray):
                 raise TypeError(
                     f"positional argument {i} of map is not a cluster array ({type(arg).__name__}), "
@@ -128,36 +140,59 @@ class ClusterArrays:
                     "arrays from this process, not both; make it one with pool.asarray(a), or pass it "
                     "read-only to every chunk with shmpool.whole(a)"
                 )
-            self._check_mine(arg, i)
-            if not arg.ndim:
-                raise ValueError(
-                    f"positional argument {i} of map is a 0-d array, which has no axis to split; "
-                    "wrap it in shmpool.whole() to pass it to every call"
-                )
+            self._checked(arg, i, axis)
             if id(arg) not in slots:
-                if not -arg.ndim <= axis < arg.ndim:
-                    raise ValueError(f"axis {axis} is out of bounds for argument {i} of shape {arg.shape}")
                 slots[id(arg)] = len(unique)
                 unique.append(arg)
                 axes.append(axis % arg.ndim)
+            ordered.append((arg, axis % arg.ndim))
             layout.append(slots[id(arg)])
-        if not unique:
+        if not ordered:
             raise ValueError("map needs at least one cluster array to split into chunks")
-        lengths = {a.shape[x] for a, x in zip(unique, axes, strict=True)}
+        lengths = {a.shape[x] for a, x in ordered}
         if len(lengths) > 1:
-            shapes = ", ".join(f"{a.name}: {a.shape}" for a in unique)
+            shapes = ", ".join(f"{a.name}: {a.shape}" for a, _ in ordered)
             raise ValueError(
                 f"arrays split along axis {axis} must have the same length along it; got {shapes}"
             )
         length = lengths.pop()
-        first = unique[0]
-        if chunks is None and first.axis == axes[0]:
+        if halos:
+            self._check_halos(halos, unique, layout, length)
+        first, first_axis = ordered[0]
+        if chunks is None and first.axis == first_axis:
             offsets = list(first.chunks)  # automatic: where the first array's chunks are
         else:
-            offsets = self._offsets(length, sum(a.nbytes for a in unique), chunks)
+            nbytes = sum(a.nbytes for a in unique) + sum(h.array.nbytes for h in halos)
+            offsets = self._offsets(length, nbytes, chunks)
         plan = plan_chunks(length, [b - a for a, b in itertools.pairwise(offsets)] or None, 1, 0)
-        arrays = MapArrays(unique, axes, tuple(layout), offsets, joined)
+        arrays = MapArrays(unique, axes, tuple(layout), offsets, joined, halos)
         return ClusterSplit({}, {}, wholes, length, 0, len(args), cluster=arrays), plan
+
+    def _checked(self, a: ClusterArray, position: int, axis: int) -> ClusterArray:
+        """``a``, a split argument of a map along ``axis``, once checked."""
+        self._check_mine(a, position)
+        if not a.ndim:
+            raise ValueError(
+                f"positional argument {position} of map is a 0-d array, which has no axis to split; "
+                "wrap it in shmpool.whole() to pass it to every call"
+            )
+        if not -a.ndim <= axis < a.ndim:
+            raise ValueError(f"axis {axis} is out of bounds for argument {position} of shape {a.shape}")
+        return a
+
+    @staticmethod
+    def _check_halos(
+        halos: list[HaloArg], written: list[ClusterArray], layout: list[int], length: int
+    ) -> None:
+        """As for NumPy arrays: no depth beyond the length, and no halo array that the same
+        map writes (a cluster array passed chunked is written in place; two cluster arrays
+        never share chunks, and whole() ones are read-only)."""
+        specs: dict[int, HaloSpec] = {h.position: h.spec for h in halos}
+        check_halos(specs, {}, {}, length)
+        for h in halos:
+            for j, slot in enumerate(layout):
+                if slot >= 0 and j not in specs and written[slot] is h.array:
+                    raise written_halo_error(h.position, j)
 
     def _check_mine(self, a: ClusterArray, position: int) -> None:
         if not a.belongs_to(self._store):

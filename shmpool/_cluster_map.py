@@ -9,7 +9,9 @@ Per chunk, three kinds of task (nothing else goes through the caller)::
 When the run is over, each array holds the picks as its chunks (see
 :mod:`shmpool._cluster_array` for why a write makes a new key), and the map returns only
 once they are in place: until then the scheduler still holds the run's lineage, and would
-recompute a lost chunk by running the kernel again instead of reporting it lost. An array whose chunks
+recompute a lost chunk by running the kernel again instead of reporting it lost. A halo()
+argument's view is built in the chunk's task from its own chunk and the margins, cut on
+the workers holding them (see :mod:`shmpool._cluster_halo`). An array whose chunks
 differ from the map's (other boundaries, or another axis) is first re-split by
 ``resplit`` tasks placed on the workers that will run the chunks: worker to worker. After
 the map, that array keeps the map's chunks.
@@ -30,6 +32,7 @@ from . import _pickling
 from ._backend import MapOutcome
 from ._checks import MapRequest, SplitArgs
 from ._cluster_array import ClusterArray, ClusterStore
+from ._cluster_halo import HaloArg, HaloPieces
 from ._cluster_worker import outcome_of, pick, resplit, run_on_chunks, take
 from ._dask_map import dumps, failure_of, next_landed, task_failure, task_name
 from ._dask_worker import Payload
@@ -49,18 +52,20 @@ class MapArrays:
     """The distinct cluster arrays of a map, the argument layout, and the target chunks.
 
     ``layout[position]``: the array's index in ``arrays``; -1 for a ``whole()`` object of
-    the caller's; ``-1 - j`` for ``joined[j - 1]``, a cluster array passed ``whole()``.
+    the caller's; ``-1 - j`` for ``joined[j - 1]``, a cluster array passed ``whole()``; -1
+    too for a halo() argument, which is in ``halos`` (read only, so not in ``arrays``).
     """
 
     def __init__(
         self, arrays: list[ClusterArray], axes: list[int], layout: tuple[int, ...], offsets: list[int],
-        joined: list[ClusterArray],
+        joined: list[ClusterArray], halos: list[HaloArg] | None = None,
     ):  # fmt: skip
         self.arrays = arrays
         self.axes = axes
         self.layout = layout
         self.offsets = offsets
         self.joined = joined
+        self.halos = halos or []
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +98,9 @@ class ClusterMapRun:
         self._runs: dict[int, DaskFuture] = {}
         where = f"a map of kernel {request.name!r}"
         self._sources = [a.chunk_futures(where) for a in plan.arrays]
+        # Halo arrays are only read: each chunk's task gets its margins cut from the
+        # chunks that hold them (see _cluster_halo).
+        self._halos = HaloPieces(store, self._prefix, plan.halos, plan.offsets, where) if plan.halos else None
         self._homes = self._place()
         self._inputs = [self._aligned(k) for k in range(len(plan.arrays))]
         # A whole() cluster array: every chunk task depends on all its chunks, so each
@@ -116,8 +124,16 @@ class ClusterMapRun:
             self._outcome.bytes_in = len(spec) * count
         for i in range(count):
             chunks = [inputs[i] for inputs in self._inputs]
+            margins: dict[int, tuple[int, int]] = {}
+            frames: tuple[Any, ...] = ()
+            pieces: list[DaskFuture] = []
+            if self._halos is not None:
+                margins, frames, pieces, sent = self._halos.chunk(i)
+                self._outcome.bytes_in += sent
+            where_i = (*self._bounds(i), request.plan.length, margins, frames)
+            # The pieces are not held here: the scheduler keeps each until its run has it.
             run = self._client.submit(
-                run_on_chunks, self._spec, store.origin, i, *chunks, *self._joined,
+                run_on_chunks, self._spec, store.origin, i, where_i, *chunks, *self._joined, *pieces,
                 key=f"{self._prefix}-{i}", workers=self._homes[i], allow_other_workers=self._homes[i] is not None, pure=False,
                 retries=self._request.retries,  # as for a map over NumPy arrays (_dask_map)
             )  # fmt: skip
@@ -144,6 +160,9 @@ class ClusterMapRun:
             if self._is_aligned(k):
                 known = self._plan.arrays[k].homes
                 return known if known is not None else self._store.homes(self._sources[k])
+        for k in range(len(self._plan.halos)):  # else where a halo array's chunks are
+            if self._halos is not None and self._halos.aligned(k):
+                return self._halos.homes(k)
         return self._store.spread(self._count)
 
     def _aligned(self, k: int) -> list[DaskFuture]:
@@ -219,7 +238,12 @@ class ClusterMapRun:
                 self._stopped = True
 
     def _task_failure(self, task: DaskFuture, index: int) -> BaseException:
-        for array, sources in zip(self._plan.arrays, self._sources, strict=True):
+        halos = (
+            ([h.array for h in self._plan.halos], self._halos.sources)
+            if self._halos is not None
+            else ([], [])
+        )
+        for array, sources in zip([*self._plan.arrays, *halos[0]], [*self._sources, *halos[1]], strict=True):
             lost = [i for i, f in enumerate(sources) if f.status in ("lost", "cancelled", "error")]
             if lost:
                 return array.lost_error(lost)
@@ -257,6 +281,7 @@ class ClusterMapRun:
         # A finished run holds no futures: an exception's traceback (and so this run) can
         # outlive the map, and must not keep chunks alive on the workers.
         self._sources, self._inputs, self._joined, self._spec, self._spec_task = [], [], [], None, None
+        self._halos = None
         outcome = self._outcome
         if outcome.failure is None and not outcome.errors and outcome.chunks_run < self._count:
             outcome.failure = CancelledError(f"map of kernel {self._request.name!r} was stopped")

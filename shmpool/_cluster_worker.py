@@ -1,4 +1,5 @@
-"""What runs on a Dask worker for cluster arrays: make, read, write, re-split and map chunks.
+"""What runs on a Dask worker for cluster arrays: make, read, write, re-split and map chunks,
+and cut and join the pieces of halo views.
 
 Like :mod:`shmpool._dask_worker`, it holds no state of the caller, and imports no Dask at
 import time (``take`` imports it when it runs, on a worker). A
@@ -16,10 +17,22 @@ from typing import Any
 import numpy as np
 
 from ._dask_worker import Payload, call_kernel, enter_worker
+from ._halo import Run, clear_chunk, enter_chunk
 from ._protocol import RemoteError
 from ._worker import remote_error
 
-__all__ = ["assign", "make_chunk", "outcome_of", "pick", "read", "resplit", "run_on_chunks", "take"]
+__all__ = [
+    "assign",
+    "cut",
+    "halo_view",
+    "make_chunk",
+    "outcome_of",
+    "pick",
+    "read",
+    "resplit",
+    "run_on_chunks",
+    "take",
+]
 
 Array = np.ndarray  # type: ignore[type-arg]
 
@@ -57,6 +70,57 @@ def resplit(along: int, keys: list[tuple[Any, ...]], *sources: Array) -> Array:
         return single
     joined: Array = np.concatenate(parts, axis=along)
     return joined
+
+
+def _along(axis: int, part: slice) -> tuple[slice, ...]:
+    return (slice(None),) * axis + (part,)
+
+
+def _source(run: Run) -> slice:
+    """The indices a run takes along the axis (one index for a step of 0, broadcast)."""
+    _, count, source, step = run
+    assert source is not None
+    if step == 1:
+        return slice(source, source + count)
+    if step == -1:
+        return slice(source, source - count if source >= count else None, -1)
+    return slice(source, source + 1)
+
+
+def cut(chunk: Array, axis: int, runs: tuple[Run, ...]) -> Array:
+    """The part of ``chunk`` a neighbour's halo view needs: the runs' indices along
+    ``axis``, one after the other (a step-0 run gives its one index once). Run on the
+    worker holding the chunk, so that only this piece moves to the chunk that needs it."""
+    return np.concatenate([chunk[_along(axis, _source(run))] for run in runs], axis=axis)
+
+
+# One halo argument of one chunk (see _cluster_halo): its position, the map's axis, the
+# view's shape and dtype, the constant and the runs it fills, and for each piece the
+# runs it supplies and, when the array is split along another axis, where along that axis.
+HaloFrame = tuple[
+    int, int, tuple[int, ...], str, Any, tuple[tuple[int, int], ...],
+    tuple[tuple[tuple[int, int, int] | None, tuple[Run, ...]], ...],
+]  # fmt: skip
+
+
+def halo_view(frame: HaloFrame, pieces: tuple[Array, ...]) -> Array:
+    """A halo view, read-only, built from its pieces: the chunk itself (when it is this
+    array's chunk) and what :func:`cut` took from the others."""
+    _, axis, shape, dtype, fill, fills, parts = frame
+    first = pieces[0] if pieces else None
+    order = "F" if first is not None and first.flags.f_contiguous and not first.flags.c_contiguous else "C"
+    view: Array = np.empty(shape, dtype=np.dtype(dtype), order=order)  # type: ignore[call-overload]
+    for at, count in fills:
+        view[_along(axis, slice(at, at + count))] = fill
+    for piece, (other, runs) in zip(pieces, parts, strict=True):
+        for run in runs:
+            target = [slice(None)] * len(shape)
+            target[axis] = slice(run[0], run[0] + run[1])
+            if other is not None:  # the array is split along another axis: this chunk's part
+                target[other[0]] = slice(other[1], other[2])
+            view[tuple(target)] = piece[_along(axis, _source(run))]
+    view.flags.writeable = False
+    return view
 
 
 def pick(outputs: tuple[Any, ...], slot: int) -> Any:
@@ -99,11 +163,16 @@ def _read_only(obj: Any) -> Any:
     return obj
 
 
-def run_on_chunks(spec: bytes | Payload, caller: str, index: int, *chunks: Array) -> tuple[Any, ...]:
+def run_on_chunks(
+    spec: bytes | Payload, caller: str, index: int, where: tuple[Any, ...], *chunks: Array
+) -> tuple[Any, ...]:
     """Run the kernel on chunk ``index`` of each distinct array, in place.
 
-    ``chunks``: chunk ``index`` of each distinct array, then every chunk of each cluster
-    array passed ``whole()`` (joined here). Returns ``(result bytes, error, *chunks)``: the
+    ``where``: ``(start, stop, length, margins, frames)``, what :func:`shmpool.chunk_info`
+    tells the kernel, and a :data:`HaloFrame` for each halo() argument. ``chunks``: chunk
+    ``index`` of each distinct array, then every chunk of each cluster array passed
+    ``whole()`` (joined here), then the pieces of each halo view (built here, read-only:
+    neighbouring chunks read the same indices). Returns ``(result bytes, error, *chunks)``: the
     chunks are the objects the kernel wrote (the arrived ones, unless they had to be made
     writable). ``whole()`` arrays are read-only here: a write to one would stay on this
     worker and be lost.
@@ -124,13 +193,25 @@ def run_on_chunks(spec: bytes | Payload, caller: str, index: int, *chunks: Array
         else:
             joined.append(np.concatenate(parts, axis=along) if count > 1 else np.asarray(parts[0]))
         at += count
+    start, stop, length, margins, frames = where
+    halos: dict[int, Array] = {}
+    for frame in frames:
+        count = len(frame[6])
+        halos[frame[0]] = halo_view(frame, chunks[at : at + count])
+        at += count
     args: list[Any] = []
     for position, slot in enumerate(layout):
-        if slot >= 0:
+        if position in halos:
+            args.append(halos[position])
+        elif slot >= 0:
             args.append(views[slot])
         elif slot == -1:
             args.append(_read_only(wholes[position]))
         else:
             args.append(_read_only(joined[-slot - 2]))
-    packed, error = call_kernel(kernel, args, kwargs, index)
+    enter_chunk(index, start, stop, length, margins)
+    try:
+        packed, error = call_kernel(kernel, args, kwargs, index)
+    finally:
+        clear_chunk()
     return (packed, error, *views)

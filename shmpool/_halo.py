@@ -34,6 +34,7 @@ __all__ = [
     "HaloSpec",
     "HaloViews",
     "NO_MARGINS",
+    "accept_arrays",
     "check_halos",
     "chunk_info",
     "chunk_slot",
@@ -41,6 +42,7 @@ __all__ = [
     "current_chunk",
     "enter_chunk",
     "halo",
+    "written_halo_error",
 ]
 
 Array = np.ndarray  # type: ignore[type-arg]
@@ -92,6 +94,36 @@ class HaloSpec:
         padded.flags.writeable = False
         return padded, (self.before, self.after)
 
+    def runs(self, start: int, stop: int, length: int) -> tuple[list[Run], tuple[int, int]]:
+        """What the view of chunk ``start:stop`` holds, as runs, and its margin: for a backend
+        that builds the view from pieces of the array (a DaskPool's cluster arrays).
+
+        A run ``(at, count, source, step)`` puts ``count`` indices at ``at:at + count`` of the
+        view, taken from the array's indices ``source, source + step, ...`` (``step`` is 1,
+        -1 where ``"reflect"`` reverses, or 0 where ``"nearest"`` repeats one index);
+        ``source`` is None for a run of the constant fill. The runs cover the view in order.
+        """
+        low, high = start - self.before, stop + self.after
+        inner_low, inner_high = max(low, 0), min(high, length)
+        if self.boundary == "none":
+            low, high = inner_low, inner_high
+        found: list[Run] = []
+        for first, last, inside in (
+            (low, inner_low, False),
+            (inner_low, inner_high, True),
+            (inner_high, high, False),
+        ):
+            if first >= last:
+                continue
+            if inside:  # one run
+                found.append((first - low, last - first, first, 1))
+            elif self.boundary == "constant":
+                found.append((first - low, last - first, None, 0))
+            else:
+                found.extend(_runs_of(first - low, self._source(np.arange(first, last), length)))
+        margin = (start - low, high - stop) if self.boundary == "none" else (self.before, self.after)
+        return found, margin
+
     def _source(self, indices: Array, length: int) -> Array:
         """Where in the array each index outside it takes its value from."""
         source: Array
@@ -103,6 +135,29 @@ class HaloSpec:
             folded = indices % (2 * length)
             source = np.where(folded < length, folded, 2 * length - 1 - folded)
         return source
+
+
+# (at, count, source, step): see HaloSpec.runs.
+Run = tuple[int, int, "int | None", int]
+
+
+def _runs_of(at: int, sources: Array) -> list[Run]:
+    """``sources`` (the array index for each view index from ``at`` on) as runs of step 1,
+    -1 or 0. A margin holds at most ``depth`` indices, and the boundary rules give a few
+    runs each (a reflection that wraps more than once gives one per pass)."""
+    runs: list[Run] = []
+    i, n = 0, len(sources)
+    while i < n:
+        first = int(sources[i])
+        step = int(sources[i + 1]) - first if i + 1 < n else 1
+        if step not in (-1, 0, 1):
+            step = 1
+        j = i + 1
+        while j < n and int(sources[j]) == first + (j - i) * step:
+            j += 1
+        runs.append((at + i, j - i, first, step))
+        i = j
+    return runs
 
 
 def _along(axis: int, low: int, high: int) -> tuple[slice, ...]:
@@ -121,8 +176,21 @@ def _read_only(view: Array) -> Array:
 class Halo:
     """Marks a chunked argument read with a margin (see :func:`halo`)."""
 
-    array: Array
+    array: Any  # a NumPy array, or an array type of accept_arrays (a DaskPool's own)
     spec: HaloSpec
+
+
+# What halo() marks: NumPy arrays, and the array types a backend builds halo views of
+# itself (a DaskPool's ClusterArray adds itself as its module loads: this module imports
+# only NumPy, and the cluster modules import it).
+_ARRAY_TYPES: list[type] = [np.ndarray]
+
+
+def accept_arrays(kind: type) -> None:
+    """Let :func:`halo` mark arrays of ``kind`` too: a backend's own arrays, whose maps
+    build the views from pieces of the array (see :meth:`HaloSpec.runs`)."""
+    if kind not in _ARRAY_TYPES:
+        _ARRAY_TYPES.append(kind)
 
 
 def _depth_pair(depth: object) -> tuple[int, int]:
@@ -140,7 +208,7 @@ def _depth_pair(depth: object) -> tuple[int, int]:
     return one(depth), one(depth)
 
 
-def halo(array: Array, depth: int | tuple[int, int], boundary: str | float = "none") -> Halo:
+def halo(array: Any, depth: int | tuple[int, int], boundary: str | float = "none") -> Halo:
     """Mark ``array`` as a chunked argument of ``map`` whose view reaches ``depth`` indices
     past its chunk on both sides along the split axis (``depth`` may be a pair
     ``(before, after)``), for stencils, filters and sliding windows.
@@ -153,9 +221,14 @@ def halo(array: Array, depth: int | tuple[int, int], boundary: str | float = "no
     Views are read-only, and interior chunks are views of ``array`` itself (no copy); only
     a chunk whose margin runs past an end, with a boundary other than ``"none"``, gets a
     padded copy of its own size. :func:`chunk_info` tells the kernel its chunk and margin.
+
+    On a DaskPool, ``array`` may also be one of the pool's cluster arrays: each chunk runs
+    where it lives, and only the margins move to it, worker to worker.
     """
-    if not isinstance(array, np.ndarray):
-        raise TypeError(f"halo() takes a NumPy array, got {type(array).__name__}")
+    if not any(isinstance(array, kind) for kind in _ARRAY_TYPES):  # (no narrowing to object)
+        raise TypeError(
+            f"halo() takes a NumPy array (or a DaskPool's cluster array), got {type(array).__name__}"
+        )
     before, after = _depth_pair(depth)
     fill = None
     if isinstance(boundary, str):
@@ -192,12 +265,17 @@ def check_halos(
             )
         for j, other in others.items():
             if isinstance(other, np.ndarray) and other.flags.writeable and _may_share(arrays[i], other):
-                raise ValueError(
-                    f"argument {i} of map is a halo() of an array that argument {j} may write (they share "
-                    "memory); neighbouring chunks read each other's margins, so a halo input must not be "
-                    "written by the same map: write into another array (two buffers, swapped between "
-                    "maps), or pass the other argument read-only"
-                )
+                raise written_halo_error(i, j)
+
+
+def written_halo_error(halo_at: int, writer_at: int) -> ValueError:
+    """The error for a halo() argument whose array another argument of the map may write."""
+    return ValueError(
+        f"argument {halo_at} of map is a halo() of an array that argument {writer_at} may write (they "
+        "share memory); neighbouring chunks read each other's margins, so a halo input must not be "
+        "written by the same map: write into another array (two buffers, swapped between maps), or "
+        "pass the other argument read-only"
+    )
 
 
 # np.shares_memory solves a small integer program; past this much work it gives up and the
