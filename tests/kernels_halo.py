@@ -70,3 +70,20 @@ def smooth3(x: Array, out: Array) -> None:
     b, _ = shmpool.chunk_info().margin  # type: ignore[union-attr]
     n = out.shape[0]
     out[...] = (x[b - 1 : b - 1 + n] + x[b : b + n] + x[b + 1 : b + 1 + n]) / 3
+
+
+def diffuse_wide(u: Array, out: Array, *, depth: int) -> None:
+    """One explicit diffusion step along axis 0 over ``depth`` rows each side (axis 1, if
+    any, reflects): a margin that the ``"none"`` boundary leaves short is padded with the
+    edge row here, so every boundary gives a result."""
+    b, a = shmpool.chunk_info().margin  # type: ignore[union-attr]
+    ext = np.pad(u, [(depth - b, depth - a)] + [(0, 0)] * (u.ndim - 1), mode="edge")
+    n = out.shape[0]
+    centre = ext[depth : depth + n]
+    total = -2.0 * depth * centre
+    for k in range(1, depth + 1):
+        total += ext[depth - k : depth - k + n] + ext[depth + k : depth + k + n]
+    if u.ndim == 2:
+        side = np.pad(centre, ((0, 0), (1, 1)), mode="symmetric")
+        total += side[:, :-2] + side[:, 2:] - 2 * centre
+    out[...] = centre + 0.1 * total / depth

@@ -28,14 +28,23 @@ pytestmark = pytest.mark.timeout(120)
 PAD_MODES = {"reflect": "symmetric", "periodic": "wrap", "nearest": "edge"}
 
 
-def local_arrays(pool: shmpool.Pool) -> bool:
-    """Whether halo maps on ``pool`` take its own arrays: a DaskPool's are cluster arrays,
-    whose maps refuse halo() (test_cluster_arrays_refuse_halos), so there they get NumPy's."""
-    return type(pool).__name__ != "DaskPool"
-
-
 def zeros_like(pool: shmpool.Pool, a: Any) -> Any:
-    return pool.zeros_like(a) if local_arrays(pool) else np.zeros_like(a)
+    """An output for a map over ``a``: the pool's own, but NumPy's on a DaskPool when ``a``
+    is a NumPy array (cluster arrays and NumPy arrays do not mix in one map)."""
+    if type(pool).__name__ == "DaskPool" and not pool.is_shared(a):
+        return np.zeros_like(a)
+    return pool.zeros_like(a)
+
+
+def arrays(pool: shmpool.Pool, own: bool, x: np.ndarray) -> Any:  # type: ignore[type-arg]
+    """``x`` as the test's map takes it: the pool's own array (a shared block, or a
+    DaskPool's cluster array, whose halo views are built from the chunks on the workers)
+    or the NumPy array itself."""
+    return pool.asarray(x) if own else x
+
+
+# Every map of the suites below runs over NumPy arrays and over the pool's own arrays.
+own_arrays = pytest.mark.parametrize("own", [False, True], ids=["numpy", "own"])
 
 
 def padded(x: np.ndarray, axis: int, before: int, after: int, boundary: Any) -> np.ndarray:  # type: ignore[type-arg]
@@ -58,11 +67,13 @@ def check_convolution(
     after: int,
     boundary: Any,
     weights: np.ndarray,  # type: ignore[type-arg]
+    own: bool = False,
 ) -> None:
-    out = zeros_like(pool, x)
+    given = arrays(pool, own, x)
+    out = zeros_like(pool, given)
     pool.map(
         kernels_halo.convolve,
-        shmpool.halo(x, (before, after), boundary),
+        shmpool.halo(given, (before, after), boundary),
         out,
         axis=axis,
         chunks=chunks,
@@ -74,15 +85,16 @@ def check_convolution(
     expected = kernels_halo.convolve_serial(
         padded(x, axis, before, after, boundary), weights, x.shape[axis], axis
     )
-    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(np.asarray(out), expected)
 
 
 # ---- what a kernel sees ---------------------------------------------------------------------
 
 
-def test_views_and_chunk_info(any_pool: shmpool.Pool) -> None:
+@own_arrays
+def test_views_and_chunk_info(any_pool: shmpool.Pool, own: bool) -> None:
     x = np.arange(10.0)
-    got = any_pool.map(kernels_halo.where, shmpool.halo(x, 2), chunks=3)
+    got = any_pool.map(kernels_halo.where, shmpool.halo(arrays(any_pool, own, x), 2), chunks=3)
     bounds = [(0, 3), (3, 6), (6, 9), (9, 10)]
     for index, (start, stop) in enumerate(bounds):
         i, s, e, length, margin, margins, view = got[index]
@@ -92,32 +104,40 @@ def test_views_and_chunk_info(any_pool: shmpool.Pool) -> None:
         np.testing.assert_array_equal(view, x[low:high])
 
 
+@own_arrays
 @pytest.mark.parametrize("boundary", ["reflect", "periodic", "nearest", -1.5])
-def test_padded_boundaries_give_every_view_the_full_margin(any_pool: shmpool.Pool, boundary: Any) -> None:
+def test_padded_boundaries_give_every_view_the_full_margin(
+    any_pool: shmpool.Pool, boundary: Any, own: bool
+) -> None:
     x = np.arange(1.0, 8.0)
-    got = any_pool.map(kernels_halo.where, shmpool.halo(x, (3, 2), boundary), chunks=2)
+    got = any_pool.map(kernels_halo.where, shmpool.halo(arrays(any_pool, own, x), (3, 2), boundary), chunks=2)
     full = padded(x, 0, 3, 2, boundary)
     for index, (_, start, stop, _, margin, _, view) in enumerate(got):
         assert margin == (3, 2), index
         np.testing.assert_array_equal(view, full[start : stop + 5])
 
 
-def test_depth_larger_than_a_chunk_spans_several(any_pool: shmpool.Pool) -> None:
+@own_arrays
+def test_depth_larger_than_a_chunk_spans_several(any_pool: shmpool.Pool, own: bool) -> None:
     x = np.arange(12.0).reshape(6, 2)
-    check_convolution(any_pool, x, 0, 1, 4, 5, "periodic", np.arange(1.0, 11.0))
-    check_convolution(any_pool, x, 0, [1, 4, 1], 6, 6, "none", np.ones(13))  # depth == length
+    check_convolution(any_pool, x, 0, 1, 4, 5, "periodic", np.arange(1.0, 11.0), own)
+    check_convolution(any_pool, x, 0, [1, 4, 1], 6, 6, "none", np.ones(13), own)  # depth == length
+    for boundary in ("reflect", "nearest", 2.0):  # reflections and edges from several chunks
+        check_convolution(any_pool, x, 0, [2, 1, 3], 5, 4, boundary, np.arange(10.0), own)
 
 
+@own_arrays
 @pytest.mark.parametrize("order", ["C", "F"])
 @pytest.mark.parametrize("axis", [0, 1, -1])
-def test_any_axis_and_order(any_pool: shmpool.Pool, axis: int, order: str) -> None:
+def test_any_axis_and_order(any_pool: shmpool.Pool, axis: int, order: str, own: bool) -> None:
     rng = np.random.default_rng(axis + 7)
     x = np.asarray(rng.random((5, 9, 4)), order=order)  # type: ignore[call-overload]
-    check_convolution(any_pool, x, axis % 3, 2, 1, 2, "reflect", rng.random(4))
+    check_convolution(any_pool, x, axis % 3, 2, 1, 2, "reflect", rng.random(4), own)
 
 
-def test_no_halo_map_has_chunk_info_without_margins(any_pool: shmpool.Pool) -> None:
-    infos = any_pool.map(kernels_halo.info_only, np.zeros(5), chunks=2)
+@own_arrays
+def test_no_halo_map_has_chunk_info_without_margins(any_pool: shmpool.Pool, own: bool) -> None:
+    infos = any_pool.map(kernels_halo.info_only, arrays(any_pool, own, np.zeros(5)), chunks=2)
     assert [(i.index, i.start, i.stop, i.length) for i in infos] == [(0, 0, 2, 5), (1, 2, 4, 5), (2, 4, 5, 5)]
     assert all(i.margin == (0, 0) and dict(i.margins) == {} for i in infos)
 
@@ -141,17 +161,18 @@ def test_map_async_and_the_decorator(fresh_pool: shmpool.Pool) -> None:
         np.testing.assert_array_equal(out2, out)
 
 
-def test_halo_views_are_read_only(any_pool: shmpool.Pool) -> None:
-    x = np.ones(6)
-    with pytest.raises(ValueError, match="read-only"):
-        any_pool.map(kernels_halo.write_halo, shmpool.halo(x, 1), chunks=3)
-    assert (x == 1).all()
+@own_arrays
+def test_halo_views_are_read_only(any_pool: shmpool.Pool, own: bool) -> None:
+    x = arrays(any_pool, own, np.ones(6))
+    for boundary in ("none", "periodic"):  # views of the array, and padded copies
+        with pytest.raises(ValueError, match="read-only"):
+            any_pool.map(kernels_halo.write_halo, shmpool.halo(x, 1, boundary), chunks=3)
+    assert (np.asarray(x) == 1).all()
 
 
-def test_iterative_stencil_with_swapped_buffers(any_pool: shmpool.Pool) -> None:
-    u = np.sin(np.linspace(0, 3, 40)) ** 2
-    if local_arrays(any_pool):
-        u = any_pool.asarray(u)
+@own_arrays
+def test_iterative_stencil_with_swapped_buffers(any_pool: shmpool.Pool, own: bool) -> None:
+    u = arrays(any_pool, own, np.sin(np.linspace(0, 3, 40)) ** 2)
     v = zeros_like(any_pool, u)
     serial = np.array(u)
     for _ in range(5):
@@ -159,7 +180,7 @@ def test_iterative_stencil_with_swapped_buffers(any_pool: shmpool.Pool) -> None:
         p = np.pad(serial, 1, mode="symmetric")
         serial = p[1:-1] + 0.25 * (p[:-2] - 2 * p[1:-1] + p[2:])
         u, v = v, u
-    np.testing.assert_array_equal(u, serial)
+    np.testing.assert_array_equal(np.asarray(u), serial)
 
 
 # ---- errors before anything runs -----------------------------------------------------------
@@ -274,11 +295,11 @@ def halo_cases(draw: st.DrawFn) -> tuple[Any, ...]:
     return shape, axis, chunks, before, after, boundary, order, seed
 
 
-def _property(pool: shmpool.Pool, case: tuple[Any, ...]) -> None:
+def _property(pool: shmpool.Pool, case: tuple[Any, ...], own: bool = False) -> None:
     shape, axis, chunks, before, after, boundary, order, seed = case
     rng = np.random.default_rng(seed)
     x = np.asarray(rng.random(shape), order=order)
-    check_convolution(pool, x, axis, chunks, before, after, boundary, rng.random(before + after + 1))
+    check_convolution(pool, x, axis, chunks, before, after, boundary, rng.random(before + after + 1), own)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -300,14 +321,43 @@ def test_property_any_pool(any_pool: shmpool.Pool, case: tuple[Any, ...]) -> Non
     _property(any_pool, case)
 
 
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=halo_cases())
+def test_property_own_arrays(any_pool: shmpool.Pool, case: tuple[Any, ...]) -> None:
+    # On a DaskPool: cluster arrays split in two chunks (asarray's), mapped with the case's
+    # chunks, so the views are cut from chunks that are not the map's.
+    _property(any_pool, case, own=True)
+
+
 @pytest.mark.skipif("DaskPool" not in POOL_TYPES, reason="Dask is not installed")
-def test_cluster_arrays_refuse_halos(dask_client: Any) -> None:
-    with DaskPool(dask_client) as pool:
+def test_halos_of_cluster_arrays_do_not_mix(dask_client: Any) -> None:
+    with DaskPool(dask_client) as pool, DaskPool(dask_client) as other, shmpool.ThreadPool(1) as threads:
         x = pool.asarray(np.zeros(6))
-        with pytest.raises(TypeError, match="takes a NumPy array"):
-            shmpool.halo(x, 1)  # type: ignore[arg-type]
-        with pytest.raises(TypeError, match="halo\\(\\), which maps over cluster arrays do not support"):
+        maps = pool.stats.maps
+        with pytest.raises(
+            TypeError, match=r"halo\(\) of a ndarray, while other arguments are cluster arrays"
+        ):
             pool.map(kernels_halo.where, shmpool.halo(np.zeros(6), 1), x)
+        with pytest.raises(TypeError, match=r"not a cluster array \(ndarray\)"):
+            pool.map(kernels_halo.where, shmpool.halo(x, 1), np.zeros(6))
+        with pytest.raises(ValueError, match="cluster array of another pool"):
+            other.map(kernels_halo.where, shmpool.halo(x, 1), other.zeros(6))
+        with pytest.raises(TypeError, match=r"halo\(\) of a ClusterArray, which only its own DaskPool"):
+            threads.map(kernels_halo.where, shmpool.halo(x, 1))
+        with pytest.raises(
+            ValueError, match=r"halo depth \(7, 7\) of argument 0 is larger than its length 6"
+        ):
+            pool.map(kernels_halo.where, shmpool.halo(x, 7))
+        with pytest.raises(ValueError, match="argument 1 may write"):
+            pool.map(kernels_halo.where, shmpool.halo(x, 1), x)  # x, chunked, is written in place
+        with pytest.raises(ValueError, match="cannot be held exactly by dtype int64"):
+            shmpool.halo(pool.zeros(4, dtype=np.int64), 1, 0.5)
+        with pytest.raises(ValueError, match="boundary must be one of"):
+            shmpool.halo(x, 1, "mirror")
+        assert pool.stats.maps == maps  # nothing ran
+        # Read both ways, one map: a whole() cluster array is read-only too.
+        got = pool.map(kernels_halo.where, shmpool.halo(x, 1), shmpool.whole(x), chunks=2)
+        assert [g[:3] for g in got] == [(0, 0, 2), (1, 2, 4), (2, 4, 6)]
 
 
 def test_a_map_inside_a_thread_kernel_gives_the_outer_chunk_back() -> None:
