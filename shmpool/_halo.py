@@ -223,7 +223,8 @@ def halo(array: Any, depth: int | tuple[int, int], boundary: str | float = "none
     padded copy of its own size. :func:`chunk_info` tells the kernel its chunk and margin.
 
     On a DaskPool, ``array`` may also be one of the pool's cluster arrays: each chunk runs
-    where it lives, and only the margins move to it, worker to worker.
+    where it lives, only the margins move to it (worker to worker), and every view is a
+    read-only copy of its own size, built there.
     """
     if not any(isinstance(array, kind) for kind in _ARRAY_TYPES):  # (no narrowing to object)
         raise TypeError(

@@ -23,7 +23,7 @@ import pytest
 
 import shmpool
 
-from . import kernels
+from . import kernels, kernels_halo
 from .test_dask_pool import (  # noqa: F401 - fixtures used by name
     DaskPool,
     MiB,
@@ -224,6 +224,79 @@ def test_other_chunks_are_resplit_on_the_workers(pool: Any) -> None:
     assert y.chunks == x.chunks and np.array_equal(y.gather(), 2 * data)
     assert pool.map(kernels.chunk_length, y, axis=1, chunks=2, along=1) == [2, 2, 2]
     assert y.axis == 1 and y.chunks == (0, 2, 4, 6) and np.array_equal(np.asarray(y), 2 * data)
+
+
+# ---- halo maps: only the margins move -------------------------------------------------------
+
+
+@pytest.mark.parametrize("boundary", ["none", "reflect", "periodic", "nearest", 0.5])
+def test_halo_stencils_equal_shared_pools(pool: Any, boundary: Any) -> None:
+    rng = np.random.default_rng(5)
+    # Uneven chunks, some shorter than the depth: a margin spans several neighbours.
+    cases = [(rng.random(50), [7, 3, 12, 1, 27], 5), (rng.random((30, 6)), [2, 9, 1, 18], 4)]
+    expected = []
+    with shmpool.SharedPool(2) as shared:
+        for data, chunks, depth in cases:
+            u, v = shared.asarray(data), shared.zeros_like(data)
+            for _ in range(3):
+                shared.map(
+                    kernels_halo.diffuse_wide, shmpool.halo(u, depth, boundary), v, chunks=chunks, depth=depth
+                )
+                u, v = v, u
+            expected.append(np.array(u))
+    for (data, chunks, depth), wanted in zip(cases, expected, strict=True):
+        u = _rechunk(pool, pool.asarray(data), chunks)
+        v = pool.zeros_like(u)  # u's chunks, on u's workers: each map runs where they are
+        for _ in range(3):
+            pool.map(kernels_halo.diffuse_wide, shmpool.halo(u, depth, boundary), v, depth=depth)
+            u, v = v, u
+        assert u.chunks == v.chunks == (0, *np.cumsum(chunks))
+        np.testing.assert_array_equal(u.gather(), wanted)  # bit for bit
+
+
+def ramp(u: np.ndarray) -> None:
+    """Fills a chunk with values that differ from row to row and column to column."""
+    info = shmpool.chunk_info()
+    assert info is not None
+    u[...] = np.sin(np.arange(info.start, info.stop))[:, None] + np.cos(np.arange(u.shape[1]))
+
+
+def test_a_halo_map_moves_only_the_margins(pool: Any) -> None:
+    u = pool.empty((1024, 2048))  # 16 MiB, one chunk per worker
+    pool.map(ramp, u)
+    start = u.gather()
+    v = pool.empty_like(u)
+    before, sent = pool.stats, bytes_sent_by_workers(pool.client)
+    for _ in range(4):  # periodic: each chunk needs a row from each end of the other
+        pool.map(kernels_halo.diffuse_wide, shmpool.halo(u, 1, "periodic"), v, depth=1)
+        u, v = v, u
+    after = pool.stats
+    moved = (after.bytes_staged_in - before.bytes_staged_in) + (
+        after.bytes_copied_back - before.bytes_copied_back
+    )
+    assert after.maps - before.maps == 4 and moved < 4 * 16 * 1024  # tasks only: no chunk, no margin
+    row = 2048 * 8
+    # Between the workers: 4 margin rows a map (16 KiB each), not the 8 MiB chunks.
+    assert bytes_sent_by_workers(pool.client) - sent < 4 * (4 * row + 64 * 1024)
+    assert u.chunks == (0, 512, 1024)  # the halo array kept its chunks, and where they are
+    with shmpool.ThreadPool(2) as threads:
+        x, y = start, np.empty_like(start)
+        for _ in range(4):
+            threads.map(kernels_halo.diffuse_wide, shmpool.halo(x, 1, "periodic"), y, chunks=512, depth=1)
+            x, y = y, x
+    np.testing.assert_array_equal(u.gather(), x)
+
+
+def test_a_halo_array_chunked_otherwise_keeps_its_chunks(pool: Any) -> None:
+    data = np.arange(120.0).reshape(20, 6)
+    x = _rechunk(pool, pool.asarray(data), 3, axis=1)  # split along the other axis
+    out = pool.zeros((20, 6))
+    weights = np.array([1.0, 10.0, 100.0])
+    pool.map(kernels_halo.convolve, shmpool.halo(x, 1, "reflect"), out, chunks=[4, 9, 7],
+             weights=weights, before=1, after=1, along=0)  # fmt: skip
+    padded = np.pad(data, ((1, 1), (0, 0)), mode="symmetric")
+    np.testing.assert_array_equal(out.gather(), kernels_halo.convolve_serial(padded, weights, 20, 0))
+    assert x.axis == 1 and x.chunks == (0, 3, 6) and out.chunks == (0, 4, 13, 20)
 
 
 def test_map_errors_and_checks(pool: Any) -> None:
