@@ -23,9 +23,7 @@ from ._cluster_array import ClusterArray, ClusterStore
 from ._cluster_halo import HaloArg
 from ._cluster_map import ClusterSplit, MapArrays
 from ._cluster_worker import make_chunk
-from ._halo import Halo, HaloSpec, accept_arrays, check_halos, written_halo_error
-
-accept_arrays(ClusterArray)  # shmpool.halo() marks cluster arrays: their maps build the views
+from ._halo import Halo, HaloSpec, check_halos, written_halo_error
 
 __all__ = ["DEFAULT_CHUNK_BYTES", "ClusterArrays"]
 

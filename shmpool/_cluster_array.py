@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ._cluster_worker import assign, read
+from ._halo import accept_arrays
 from .errors import WorkerCrashedError
 
 __all__ = ["ClusterArray", "ClusterStore"]
@@ -420,3 +421,6 @@ class ClusterArray:
         if not blocks:
             return da.empty(self.shape, dtype=self.dtype)
         return da.concatenate(blocks, axis=self.axis) if len(blocks) > 1 else blocks[0]
+
+
+accept_arrays(ClusterArray)  # shmpool.halo() marks cluster arrays: their maps build the views

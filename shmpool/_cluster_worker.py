@@ -22,6 +22,7 @@ from ._protocol import RemoteError
 from ._worker import remote_error
 
 __all__ = [
+    "HaloFrame",
     "assign",
     "cut",
     "halo_view",

@@ -34,6 +34,7 @@ __all__ = [
     "HaloSpec",
     "HaloViews",
     "NO_MARGINS",
+    "Run",
     "accept_arrays",
     "check_halos",
     "chunk_info",
