@@ -130,3 +130,20 @@ def test_advance_cost_benchmark_smoke() -> None:
     )
     figures = [float(line.split(":")[1].split()[0]) for line in proc.stdout.splitlines()]
     assert len(figures) == 5 and all(ns > 0 for ns in figures), proc.stdout
+
+
+def test_memory_benchmark_smoke() -> None:
+    """benchmarks/memory.py at a tiny size: both cases report a peak, and each peak holds at
+    least the arrays that must exist at once (the input, a staged copy and the output; or
+    the pool's input and output), so a sampler that missed them would fail here."""
+    proc = run_python(
+        str(ROOT / "benchmarks" / "memory.py"),
+        *("--mib", "16", "--iterations", "2"),
+        timeout=SMOKE_TIMEOUT_S,
+        cwd=ROOT,
+    )
+    peaks = {
+        line.split()[1]: float(line.split("peak ")[1].split("x")[0]) for line in proc.stdout.splitlines()
+    }
+    assert set(peaks) == {"plain", "pool"}, proc.stdout
+    assert peaks["plain"] >= 2.9 and peaks["pool"] >= 1.9, proc.stdout
