@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -190,7 +191,10 @@ class SplitArgs:
 
 
 def _check_array(arg: Any, what: str) -> None:
-    if isinstance(arg, np.ma.MaskedArray):
+    # Looked up, not imported: a masked array exists only once numpy.ma is imported, and
+    # np.ma on first use imports it (about 17 ms, paid by the first map of a fresh process).
+    masked = sys.modules.get("numpy.ma")
+    if masked is not None and isinstance(arg, masked.MaskedArray):
         # Its data without its mask would be silently wrong; its mask is a second array.
         raise TypeError(
             f"{what} is a masked array, which map cannot pass on with its mask; pass "

@@ -65,3 +65,16 @@ def test_private_modules_do_not_import_numpy() -> None:
     code = "import sys, shmpool._segments; print('numpy' in sys.modules, 'cloudpickle' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_a_map_does_not_import_what_it_does_not_use() -> None:
+    # The first map of a fresh process once paid 17 ms to import numpy.ma, to refuse masked
+    # arrays, which cannot exist before it is imported.
+    code = (
+        "import sys, shmpool\n"
+        "with shmpool.SharedPool(1, start_method='fork') as pool:\n"
+        "    pool.map(abs, pool.zeros(4))\n"
+        "print('numpy.ma' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False"]
