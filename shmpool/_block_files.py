@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ _NAME_RE = re.compile(rf"^{BLOCK_PREFIX}(\d+)_([0-9a-f]+)_[0-9a-f]+$")
 
 def block_name(pool_tag: str) -> str:
     """A fresh, random name for a block of this process's pool ``pool_tag``."""
-    return f"{BLOCK_PREFIX}{os.getpid()}_{pool_tag}_{secrets.token_hex(6)}"
+    return f"{BLOCK_PREFIX}{os.getpid()}_{pool_tag}_{os.urandom(6).hex()}"
 
 
 def pool_prefix(path: str) -> tuple[str, str]:

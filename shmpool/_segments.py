@@ -19,7 +19,6 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-import secrets
 import sys
 import tempfile
 
@@ -115,7 +114,7 @@ def _full_error(folder: str, requested: int, available: int) -> SharedMemoryFull
 
 def new_pool_tag() -> str:
     """A random tag naming one pool's blocks."""
-    return secrets.token_hex(4)
+    return os.urandom(4).hex()
 
 
 def create_block(folder: str, size: int, pool_tag: str) -> tuple[str, mmap.mmap]:
