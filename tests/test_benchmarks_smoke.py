@@ -147,3 +147,16 @@ def test_memory_benchmark_smoke() -> None:
     }
     assert set(peaks) == {"plain", "pool"}, proc.stdout
     assert peaks["plain"] >= 2.9 and peaks["pool"] >= 1.9, proc.stdout
+
+
+def test_first_pool_benchmark_smoke() -> None:
+    """benchmarks/first_pool.py, one round: both systems start, map and close in fresh
+    interpreters, and each row's parts add up to its total (speed is not asserted)."""
+    proc = run_python(
+        str(ROOT / "benchmarks" / "first_pool.py"), "--rounds", "1", timeout=SMOKE_TIMEOUT_S, cwd=ROOT
+    )
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and " ms |" in line]
+    assert [row.split(" | ")[0][2:] for row in rows] == ["shmpool", "multiprocessing.Pool"], proc.stdout
+    for row in rows:
+        start, first_map, close, total = (float(cell.split()[0]) for cell in row.strip("| ").split(" | ")[1:])
+        assert abs(start + first_map + close - total) <= 2, row  # each cell is rounded
