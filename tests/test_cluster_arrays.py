@@ -422,6 +422,25 @@ def test_a_lost_worker_gives_a_clear_error_unless_dask_can_recompute(
     dask_client.wait_for_workers(2, timeout=60)
 
 
+def test_a_lost_worker_fails_a_halo_map_that_needs_its_chunk(pool: Any, dask_client: Any) -> None:
+    n = 300_000  # two chunks of 1.2 MB, each on one worker
+    u = pool.full(n, 4.0)
+    pool.map(step, u, u)  # written by a map: no other copy, no lineage
+    v = pool.zeros_like(u)
+    u.name = "field"
+    holder = u.homes[1][0]
+    os.kill(dask_client.run(os.getpid, workers=[holder])[holder], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    # Chunk 0's view needs chunk 1's first row as its margin, and chunk 1 is gone: the map
+    # fails with the documented error naming the halo's array, whichever chunk asks first.
+    with pytest.raises(shmpool.WorkerCrashedError) as lost:
+        while time.monotonic() < deadline:  # the client hears of the loss a moment later
+            pool.map(kernels_halo.diffuse_wide, shmpool.halo(u, 1, "periodic"), v, depth=1)
+            time.sleep(0.2)
+    assert "'field'" in str(lost.value) and "chunk(s) 1 " in str(lost.value), str(lost.value)
+    dask_client.wait_for_workers(2, timeout=60)
+
+
 def test_an_iterative_job_does_not_grow_the_scheduler(pool: Any, local_cluster: Any) -> None:
     x = pool.full(1000, 4.0)
     y = pool.empty_like(x)
