@@ -1,24 +1,29 @@
 """The allocation methods every pool has, over its backend's ``allocate`` and ``release``.
 
 Kept apart from :mod:`shmpool._frontend` for size: :class:`~shmpool._frontend.Pool`
-inherits them, and gives them its backend and its open-and-same-process check.
+inherits them, and gives them its backend and its open-and-same-process check. The mixin is
+generic in the kind of array its backend makes (``ArrayT``): a SharedPool's and a
+ThreadPool's are NumPy arrays, a DaskPool's are ClusterArrays, so that a type checker knows
+which one ``pool.empty(...)`` returns.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 import numpy as np
 
 from ._backend import Backend
 from ._checks import check_dtype, check_order, check_shape, order_of
 
-__all__ = ["Allocation"]
+__all__ = ["Allocation", "ArrayT"]
+
+ArrayT = TypeVar("ArrayT")  # the kind of array the pool's backend makes
 
 
-class Allocation:
+class Allocation(Generic[ArrayT]):
     """``empty``, ``zeros``, ``full``, the ``*_like`` forms, ``asarray``, ``is_shared`` and
     ``free``: checked here, made by the backend (a DaskPool's are ClusterArrays)."""
 
@@ -28,15 +33,17 @@ class Allocation:
         """Raise unless the pool is open and used by the process that made it."""
         raise NotImplementedError
 
-    def empty(self, shape: int | Iterable[int], dtype: Any = float, order: str = "C") -> Any:
+    def empty(self, shape: int | Iterable[int], dtype: Any = float, order: str = "C") -> ArrayT:
         """A new uninitialised array of the pool's (a DaskPool's is a ClusterArray)."""
         return self._allocate(shape, dtype, order, zero=False)
 
-    def zeros(self, shape: int | Iterable[int], dtype: Any = float, order: str = "C") -> Any:
+    def zeros(self, shape: int | Iterable[int], dtype: Any = float, order: str = "C") -> ArrayT:
         """A new array of zeros of the pool's."""
         return self._allocate(shape, dtype, order, zero=True)
 
-    def full(self, shape: int | Iterable[int], fill_value: Any, dtype: Any = None, order: str = "C") -> Any:
+    def full(
+        self, shape: int | Iterable[int], fill_value: Any, dtype: Any = None, order: str = "C"
+    ) -> ArrayT:
         """A new array of the pool's filled with ``fill_value`` (dtype: ``fill_value``'s)."""
         if dtype is None:
             dtype = np.asarray(fill_value).dtype
@@ -51,18 +58,18 @@ class Allocation:
         a = np.asanyarray(a)
         return a, None, order_of(a)
 
-    def empty_like(self, a: Any, dtype: Any = None) -> Any:
+    def empty_like(self, a: Any, dtype: Any = None) -> ArrayT:
         """A new uninitialised array of the pool's shaped like ``a`` (dtype, C or F order;
         a DaskPool's cluster array: its chunks, on the same workers)."""
         a, like, order = self._like(a)
         return self._allocate(a.shape, a.dtype if dtype is None else dtype, order, zero=False, like=like)
 
-    def zeros_like(self, a: Any, dtype: Any = None) -> Any:
+    def zeros_like(self, a: Any, dtype: Any = None) -> ArrayT:
         """:meth:`empty_like`, of zeros."""
         a, like, order = self._like(a)
         return self._allocate(a.shape, a.dtype if dtype is None else dtype, order, zero=True, like=like)
 
-    def full_like(self, a: Any, fill_value: Any, dtype: Any = None) -> Any:
+    def full_like(self, a: Any, fill_value: Any, dtype: Any = None) -> ArrayT:
         """:meth:`empty_like`, filled with ``fill_value`` (dtype: ``a``'s)."""
         a, like, order = self._like(a)
         fill = lambda out: out.__setitem__(..., fill_value)  # noqa: E731
@@ -70,12 +77,12 @@ class Allocation:
             a.shape, a.dtype if dtype is None else dtype, order, zero=False, like=like, fill=fill
         )
 
-    def asarray(self, a: Any, dtype: Any = None) -> Any:
+    def asarray(self, a: Any, dtype: Any = None) -> ArrayT:
         """``a`` as the pool's array: ``a`` itself if the pool made it (and no other dtype is
         asked for), else a copy."""
         self._check_open()
         if (dtype is None or np.dtype(dtype) == getattr(a, "dtype", None)) and self._backend.owns(a):
-            return a
+            return cast("ArrayT", a)
         source = np.asarray(a, dtype=dtype)
         fill = lambda out: out.__setitem__(..., source)  # noqa: E731 - a cluster array too
         return self._allocate(source.shape, source.dtype, order_of(source), zero=False, fill=fill)
@@ -106,7 +113,7 @@ class Allocation:
         zero: bool,
         fill: Callable[[Any], object] | None = None,
         like: Any = None,
-    ) -> Any:
+    ) -> ArrayT:
         self._check_open()
         checked_dtype = check_dtype(np.dtype(dtype))
         dims = check_shape(shape)
@@ -117,7 +124,7 @@ class Allocation:
             nbytes = 2**63
         if nbytes >= 2**63 or any(d >= 2**63 for d in dims):
             raise ValueError(f"array is too big: shape {dims} of {checked_dtype} does not fit in memory")
-        out = self._backend.allocate(dims, checked_dtype, order, zero, like)
+        out: ArrayT = self._backend.allocate(dims, checked_dtype, order, zero, like)
         if fill is not None:
             try:
                 fill(out)

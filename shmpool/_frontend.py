@@ -28,7 +28,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from ._active import pop_active, push_active, register_created
-from ._allocation import Allocation
+from ._allocation import Allocation, ArrayT
 from ._backend import Backend, MapOutcome
 from ._calls import Call, MapCall, SubmitCall
 from ._checks import (
@@ -77,11 +77,13 @@ def _shutdown_in_creator(backend: Backend, creator: int) -> None:
         backend.shutdown(kill=True)
 
 
-class Pool(Allocation):
+class Pool(Allocation[ArrayT]):
     """The pool API shared by :class:`~shmpool.SharedPool`, :class:`~shmpool.ThreadPool`
     and ``DaskPool``: allocation, ``map``, ``map_async``, ``submit``, ``imap``, lifecycle.
 
     Not instantiated directly: each pool class builds its backend and passes it here.
+    Generic in the arrays its allocation methods return: ``SharedPool`` and ``ThreadPool``
+    are ``Pool[numpy.typing.NDArray[Any]]``, ``DaskPool`` is ``Pool[ClusterArray]``.
     ``progress`` is the default of every call's ``progress=`` option.
     """
 
@@ -361,4 +363,4 @@ class Pool(Allocation):
         return call.iterate(iter(iterable))
 
 
-P = TypeVar("P", bound=Pool)
+P = TypeVar("P", bound="Pool[Any]")

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any, overload
 
+from numpy.typing import NDArray
+
 from ._active import entered_pools, in_worker, newest_open_pool
 from ._checks import Whole
 from ._frontend import Pool
@@ -31,7 +33,7 @@ __all__ = ["Kernel", "active_pool", "default_pool", "kernel"]
 
 _MAP_OPTIONS = ("axis", "chunks", "progress", "timeout", "retries", "chunk_timeout")
 
-_default: Pool | None = None
+_default: Pool[NDArray[Any]] | None = None
 _default_lock = threading.Lock()
 
 
@@ -54,7 +56,7 @@ def default_pool_kind() -> tuple[str, str]:
     return "SharedPool", "this Python has a GIL: only processes run Python code in parallel"
 
 
-def default_pool() -> Pool:
+def default_pool() -> Pool[NDArray[Any]]:
     """The process-wide default pool, started on first use (workers = usable CPUs).
 
     A SharedPool, except on a free-threaded interpreter running without the GIL, where
@@ -75,7 +77,7 @@ def default_pool() -> Pool:
         return _default
 
 
-def active_pool() -> Pool:
+def active_pool() -> Pool[Any]:
     """The pool ``@shmpool.kernel`` runs on now: the innermost pool entered with ``with`` in
     this context (thread or asyncio task), else the most recently created pool that is
     still open, else :func:`default_pool` (started on first use)."""

@@ -279,7 +279,7 @@ class DaskBackend:
             self._release_main()
 
 
-class DaskPool(Pool):
+class DaskPool(Pool[ClusterArray]):
     """The pool API on a Dask distributed cluster, for work beyond one machine.
 
     ``client``: a ``distributed.Client`` to use (the pool never closes it). ``address``: a

@@ -54,14 +54,14 @@ class ShmpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mi
     supports_sharedmem = False
     default_n_jobs = -1
 
-    def __init__(self, pool: Pool | None = None, **kwargs: Any):
+    def __init__(self, pool: Pool[Any] | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self._given = pool
         self._executor: PoolExecutor | None = None
         self._lock = threading.Lock()
         self._in_flight: set[Future[Any]] = set()
 
-    def _pool(self) -> Pool:
+    def _pool(self) -> Pool[Any]:
         return self._given if self._given is not None else active_pool()
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:

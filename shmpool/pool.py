@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ._backend import ItemStream, MapRun
 from ._block_files import sweep_dead_blocks, unlink_quietly
@@ -181,7 +182,7 @@ class ProcessBackend:
         return None if process is None else process.pid
 
 
-class SharedPool(Pool):
+class SharedPool(Pool[NDArray[Any]]):
     """A pool of persistent worker processes that run NumPy kernels on shared arrays.
 
     For kernels that hold the GIL (Python loops, many small NumPy calls); kernels that

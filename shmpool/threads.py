@@ -25,6 +25,7 @@ from concurrent.futures import Future as StdFuture
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ._active import enter_worker_thread, in_worker
 from ._advance import Tally, install
@@ -286,7 +287,7 @@ class ThreadBackend(PrivateMemory):
         self._executor.shutdown(wait=not kill, cancel_futures=kill)
 
 
-class ThreadPool(Pool):
+class ThreadPool(Pool[NDArray[Any]]):
     """A pool of threads in this process, with the same API as :class:`~shmpool.SharedPool`.
 
     For kernels that release the GIL (NumPy ufuncs, BLAS, numba ``nogil``), and for any
