@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = [
+    "random_hex",
     "BLOCK_PREFIX",
     "BlockEntry",
     "block_name",
@@ -39,9 +40,14 @@ BLOCK_PREFIX = "shmpool_"
 _NAME_RE = re.compile(rf"^{BLOCK_PREFIX}(\d+)_([0-9a-f]+)_[0-9a-f]+$")
 
 
+def random_hex(nbytes: int) -> str:
+    """``nbytes`` random bytes from the system's source, as hex (block names, pool tags)."""
+    return os.urandom(nbytes).hex()
+
+
 def block_name(pool_tag: str) -> str:
     """A fresh, random name for a block of this process's pool ``pool_tag``."""
-    return f"{BLOCK_PREFIX}{os.getpid()}_{pool_tag}_{os.urandom(6).hex()}"
+    return f"{BLOCK_PREFIX}{os.getpid()}_{pool_tag}_{random_hex(6)}"
 
 
 def pool_prefix(path: str) -> tuple[str, str]:

@@ -22,7 +22,7 @@ import os
 import sys
 import tempfile
 
-from ._block_files import block_name, unlink_quietly
+from ._block_files import block_name, random_hex, unlink_quietly
 from ._pages import HUGE_PAGE, huge_page_plan
 from ._space import fallback_folder, folder_space, memory_backed
 from .errors import SharedMemoryFullError
@@ -114,7 +114,7 @@ def _full_error(folder: str, requested: int, available: int) -> SharedMemoryFull
 
 def new_pool_tag() -> str:
     """A random tag naming one pool's blocks."""
-    return os.urandom(4).hex()
+    return random_hex(4)
 
 
 def create_block(folder: str, size: int, pool_tag: str) -> tuple[str, mmap.mmap]:

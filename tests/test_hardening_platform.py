@@ -190,7 +190,7 @@ def test_create_block_never_follows_a_planted_symlink(plant: Plant, monkeypatch:
     link.symlink_to(plant.victim)
     os.chown(link, STRANGER, STRANGER, follow_symlinks=False)
     names = iter(["a" * 12, "b" * 12])
-    monkeypatch.setattr(_block_files.secrets, "token_hex", lambda n: next(names))
+    monkeypatch.setattr(_block_files, "random_hex", lambda n: next(names))
     path, mapping = _segments.create_block(str(plant.folder), 4096, "abcd")
     try:
         assert path == str(plant.folder / f"shmpool_{os.getpid()}_abcd_{'b' * 12}")
