@@ -6,20 +6,19 @@ from __future__ import annotations
 
 import functools
 import gc
-import os
 import threading
 import time
 from concurrent.futures import CancelledError, Future, wait
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 
 import shmpool
 from shmpool.errors import KernelError, PoolClosedError, WorkerCrashedError
 
 from . import kernels_hardening as k
+from .conftest import pool_fds
 
 
 def notes(exc: BaseException) -> str:
@@ -254,8 +253,6 @@ def test_next_on_an_imap_after_terminate_raises_pool_closed(start_method: str) -
 
 
 def test_terminate_from_a_done_callback_releases_everything(start_method: str) -> None:
-    process = psutil.Process()
-
     def cycle() -> None:
         pool = shmpool.SharedPool(1, start_method=start_method)
         closed = threading.Event()
@@ -267,19 +264,8 @@ def test_terminate_from_a_done_callback_releases_everything(start_method: str) -
     cycle()  # warm up one-time state (the forkserver, the resource tracker)
 
     def fds() -> list[str]:
-        """What a pool holds open: pipes (workers, wake-up), pidfds, block files. Sockets
-        and the like are left out: in a whole test run other tests' clients (Dask,
-        Jupyter) open and close theirs meanwhile, which once read here as two fds more."""
         gc.collect()
-        held = []
-        for fd in os.listdir(f"/proc/{process.pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{process.pid}/fd/{fd}")
-            except OSError:
-                continue  # closed since the listing
-            if target.startswith(("pipe:", "anon_inode:[pidfd]")) or "shmpool_" in target:
-                held.append(target)
-        return held
+        return pool_fds()
 
     before = fds()
     for _ in range(3):
