@@ -213,6 +213,7 @@ def test_many_pools_at_once_and_in_a_loop() -> None:
     assert [a[0] for a in arrays] == [0.0, 2.0, 4.0, 6.0]
     del pools, arrays, p, a  # a live array keeps its mapping (and before 3.13 a descriptor)
     before = snapshot()
+    fds_before = pool_fds()
     rss_before = process.memory_info().rss
     for i in range(LOOP_POOLS):
         with shmpool.SharedPool(1, start_method="fork") as pool:
@@ -224,13 +225,20 @@ def test_many_pools_at_once_and_in_a_loop() -> None:
 
     # Threads and descriptors of the last pool go as its helper threads end; on a loaded
     # machine that can take a moment. A leak never recovers, so a bounded wait stays strict.
-    def grew() -> bool:  # descriptors left by earlier tests may close meanwhile: no growth
-        return any(now > then for now, then in zip(snapshot(), before, strict=True))
+    # A leak of any pool shows as LOOP_POOLS descriptors or more (one per pool at least).
+    # Two more than before, never reproduced alone or in the suite's tail, came up in two of
+    # four whole CI runs (pipes or pidfds on 3.10; descriptors of any kind on 3.13), so two
+    # of drift are let through, and a failure names what appeared.
+    drift = (2, 0, 0)
+
+    def grew() -> bool:  # descriptors left by earlier tests may close meanwhile
+        return any(now > then + d for now, then, d in zip(snapshot(), before, drift, strict=True))
 
     deadline = time.monotonic() + 15
     while grew() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not grew(), (snapshot(), before)
+    new_fds = sorted(set(pool_fds()) - set(fds_before))  # what a failure names
+    assert not grew(), (snapshot(), before, new_fds)
     assert process.memory_info().rss - rss_before < 30 * 2**20
 
 
