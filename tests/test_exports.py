@@ -7,6 +7,8 @@ import sys
 
 import shmpool
 
+from .conftest import run_python
+
 EXPECTED = {
     "ChunkInfo",
     "Kernel",
@@ -76,5 +78,4 @@ def test_a_map_does_not_import_what_it_does_not_use() -> None:
         "    pool.map(abs, pool.zeros(4))\n"
         "print('numpy.ma' in sys.modules)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["False"]
+    assert run_python("-c", code).stdout.split() == ["False"]
