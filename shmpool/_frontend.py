@@ -341,8 +341,10 @@ class Pool(Allocation[ArrayT]):
 
         Results come in input order when ``ordered``, else as they finish. The iterable is
         consumed lazily with a bounded number of items in flight, so an endless generator
-        works. ``chunksize`` items travel per batch: raise it for small, fast items, or
-        pass ``"auto"`` to size batches from the measured throughput. An exception in
+        works. A batch (one message and one reply) is whole chunks of ``chunksize`` items:
+        one chunk, or, while chunks are measured to be cheap and ``iterable`` has a length,
+        a train of up to 32 of them holding about 1 ms of work. Pass ``"auto"`` to size
+        batches from the measured throughput (about 10 ms of work). An exception in
         ``fn`` is raised from the iterator at that item's position (after the results
         before it), and the remaining items are cancelled; so is closing the iterator
         early. An exception from the iterable itself is raised after the results of the

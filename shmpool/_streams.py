@@ -2,8 +2,11 @@
 
 The iterable is consumed item by item, a batch at a time, with at most
 ``IMAP_BATCHES_PER_WORKER`` batches per worker in flight, so memory stays flat however long
-it is. Results are yielded in input order (or as they land); a failing item raises at its
-position after the results before it, and so does a failing iterable.
+it is. A batch is one message to a worker and one reply: a whole number of chunks with a
+fixed ``chunksize`` (several only while they are cheap, see :class:`BatchSizer`), or sized
+from the throughput with ``"auto"``. Results are yielded in input order (or as they land);
+a failing item raises at its position after the results before it, and so does a failing
+iterable.
 """
 
 from __future__ import annotations
@@ -19,50 +22,83 @@ from ._backend import ItemBatch, ItemStream
 from ._checks import ItemRequest
 from ._progress import open_bar
 
-__all__ = ["AUTO_BATCH_MAX", "IMAP_BATCHES_PER_WORKER", "BatchSizer", "StreamCall"]
+__all__ = [
+    "AUTO_BATCH_MAX",
+    "IMAP_BATCHES_PER_WORKER",
+    "TRAIN_MAX_CHUNKS",
+    "TRAIN_TARGET_S",
+    "BatchSizer",
+    "StreamCall",
+]
 
 # Batches in flight per worker in an imap: two keep a worker busy while its next batch is on
 # the way; four absorb uneven item times. Memory is bounded by this times the batch size.
 IMAP_BATCHES_PER_WORKER = 4
 # chunksize="auto": at most this many items a batch (bounds the memory of items in flight).
 AUTO_BATCH_MAX = 10_000
+# A fixed chunksize over items already in memory (a sized iterable): chunks measured to take
+# well under a millisecond share one message (a train), so that cheap items do not pay a
+# message and a reply each (tens of microseconds, several wake-ups). A train holds about
+# this much work, so a result lands at most about this much later than it would alone;
+# slower chunks travel one per message. Never from an iterable without a length: pulling a
+# train's items from a generator could wait on it (a queue, a socket), and the items
+# already pulled would wait too.
+TRAIN_TARGET_S = 0.001
+# ... and at most this many chunks: bounds the items in flight (window times this times
+# chunksize) and what a train's rerun repeats when its worker dies (retries=).
+TRAIN_MAX_CHUNKS = 32
 
 
 class BatchSizer:
-    """How many items the next imap batch takes: fixed, or with ``chunksize="auto"`` sized
-    so that a batch keeps a worker busy for about the backend's ``batch_target_s``.
+    """How many items the next imap batch takes, sized from the measured throughput.
 
-    Auto starts at one item and follows the throughput measured over the last few landed
-    batches (at most doubling each time), so cheap items travel in large batches (few
-    messages or tasks) and slow items one by one. The throughput counts each batch's
-    overhead too, so a backend whose batches cost milliseconds (Dask) grows them until the
-    work outweighs it.
+    With ``chunksize="auto"`` a batch keeps a worker busy for about the backend's
+    ``batch_target_s``. With a fixed chunksize a batch is a whole number of chunks: one,
+    unless ``trains`` (the items are already in memory) and the chunks are measured to be
+    cheap, when a train of them keeps a worker busy for about :data:`TRAIN_TARGET_S` (at
+    most :data:`TRAIN_MAX_CHUNKS` chunks).
+
+    Both start at one (item or chunk) and follow the throughput measured over the last few
+    landed batches (at most doubling each time), so cheap items travel in large batches
+    (few messages or tasks) and slow items one by one. The throughput counts each batch's
+    overhead too, so a backend whose batches cost milliseconds (Dask) grows ``"auto"``
+    batches until the work outweighs it, and keeps fixed chunks one per message.
     """
 
-    def __init__(self, fixed: int | None, workers: int, target_s: float):
-        self._fixed = fixed
+    def __init__(
+        self,
+        fixed: int | None,
+        workers: int,
+        target_s: float,
+        *,
+        trains: bool = True,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
         self._workers = workers
-        self._target_s = target_s
-        self._size = 1
+        self._clock = clock
+        self._target_s = target_s if fixed is None else TRAIN_TARGET_S
+        self._unit = 1 if fixed is None else fixed
+        self._most = AUTO_BATCH_MAX if fixed is None else TRAIN_MAX_CHUNKS if trains else 1
+        self._units = 1  # items ("auto") or chunks (fixed) in the next batch
         self._landings: collections.deque[tuple[float, int]] = collections.deque(maxlen=16)
         self._landed = 0
 
     def next_size(self) -> int:
         """Items for the next batch."""
-        return self._fixed if self._fixed is not None else self._size
+        return self._units * self._unit
 
     def landed(self, items: int) -> None:
         """A batch of ``items`` landed: update the throughput."""
-        if self._fixed is not None:
+        if self._most == 1:
             return
-        now = time.perf_counter()
+        now = self._clock()
         self._landed += items
         self._landings.append((now, self._landed))
         first_time, first_count = self._landings[0]
         if now > first_time and self._landed > first_count:
             rate = (self._landed - first_count) / (now - first_time)  # items per second, all workers
-            wanted = int(rate / self._workers * self._target_s)
-            self._size = max(1, min(wanted, 2 * self._size + 1, AUTO_BATCH_MAX))
+            wanted = int(rate / self._workers * self._target_s) // self._unit
+            self._units = max(1, min(wanted, 2 * self._units + 1, self._most))
 
 
 class StreamCall:
@@ -104,7 +140,9 @@ class StreamCall:
             if request.bar_options is not None:
                 bar = open_bar(request.total, request.bar_options, "item", request.name)
             window = IMAP_BATCHES_PER_WORKER * self._workers
-            sizer = BatchSizer(request.chunksize, self._workers, self._batch_target_s)
+            sizer = BatchSizer(
+                request.chunksize, self._workers, self._batch_target_s, trains=request.total is not None
+            )
             numbers = itertools.count()
             next_to_yield = 0
             position = 0

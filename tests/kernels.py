@@ -143,3 +143,16 @@ def slow_square(v: float) -> float:
 
 def add(a: Any, b: Any, *, scale: int = 1) -> Any:
     return (a + b) * scale
+
+
+def fail_at(v: int, bad: int) -> int:
+    """``v`` back, except for item ``bad``, which raises."""
+    if v == bad:
+        raise ValueError(f"item {v} is bad")
+    return v
+
+
+def mark_item(v: int, marks: np.ndarray) -> int:
+    """Count a run of item ``v`` in ``marks`` (an array every worker sees) and return it."""
+    marks[v] += 1
+    return v

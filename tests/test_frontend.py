@@ -22,6 +22,7 @@ from shmpool import _calls
 from shmpool._backend import BatchOutcome, Failure, ItemBatch, MapOutcome
 from shmpool._checks import ItemRequest, MapRequest
 from shmpool._owned import OwnedArrays
+from shmpool._streams import TRAIN_MAX_CHUNKS
 
 
 class FakeRun:
@@ -274,6 +275,21 @@ def test_imap_order_window_and_a_failing_iterable(fake: tuple[shmpool.Pool, Fake
     assert got == [10, 20]  # the results before the failure come first
     with pytest.raises(ValueError, match="chunksize"):
         pool.imap(abs, [1], chunksize=0)
+
+
+def test_imap_trains_only_over_items_in_memory(fake: tuple[shmpool.Pool, FakeBackend]) -> None:
+    # The fake runs each batch inline: its items are as cheap as they come.
+    pool, backend = fake
+    assert list(pool.imap(abs, range(-3000, 3000), chunksize=2)) == [abs(v) for v in range(-3000, 3000)]
+    assert all(size % 2 == 0 for size in backend.batches)
+    assert max(backend.batches) == 2 * TRAIN_MAX_CHUNKS  # cheap chunks share a message
+    backend.batches.clear()
+    assert list(pool.imap(abs, (v for v in range(-3000, 3000)), chunksize=2)) == list(
+        pool.imap(abs, range(-3000, 3000))
+    )
+    # A generator's chunks travel alone (the second imap's batches come after them).
+    generator_batches = backend.batches[:3000]
+    assert set(generator_batches) == {2}
 
 
 def test_a_forked_child_cannot_use_or_tear_down_the_pool(fake: tuple[shmpool.Pool, FakeBackend]) -> None:
