@@ -37,8 +37,9 @@ def _square(i: int) -> int:
 
 
 def measure(workers: int) -> dict[str, float]:
-    """One round: µs per map, µs per imap item (chunksize=1), ms for 200,000 items ("auto"),
-    each as wall time and as this process's CPU time."""
+    """One round: µs per map, µs per imap item (chunksize=1, over a range: trains; over a
+    generator: one item per message), ms for 200,000 items ("auto"), as wall time and, for
+    the first two, as this process's CPU time."""
     out: dict[str, float] = {}
     with shmpool.SharedPool(workers) as pool:
         x = pool.zeros(4096)
@@ -54,6 +55,10 @@ def measure(workers: int) -> dict[str, float]:
         list(pool.imap(_square, range(ITEMS)))
         out["W7 us/item"] = (time.perf_counter() - wall) / ITEMS * 1e6
         out["W7 cpu us/item"] = (time.process_time() - cpu) / ITEMS * 1e6
+        # From a generator: no trains, one item per message (the path before trains).
+        wall = time.perf_counter()
+        list(pool.imap(_square, iter(range(ITEMS))))
+        out["W7 one-per-message us/item"] = (time.perf_counter() - wall) / ITEMS * 1e6
         wall = time.perf_counter()
         list(pool.imap(_square, range(AUTO_ITEMS), chunksize="auto"))
         out["W7 auto ms"] = (time.perf_counter() - wall) * 1e3
@@ -93,6 +98,7 @@ def main() -> None:
             one.update(measure_mp_pool(args.workers))
             # Per round, so that a ratio compares two systems under the same load.
             one["W7 rate vs Pool"] = one["Pool W7 us/item"] / one["W7 us/item"]
+            one["one-per-message vs Pool"] = one["Pool W7 us/item"] / one["W7 one-per-message us/item"]
         rounds.append(one)
     medians = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
     print(args.label, "  ".join(f"{k} {v:.2f}" if "vs" in k else f"{k} {v:.0f}" for k, v in medians.items()))

@@ -160,3 +160,22 @@ def test_first_pool_benchmark_smoke() -> None:
     for row in rows:
         start, first_map, close, total = (float(cell.split()[0]) for cell in row.strip("| ").split(" | ")[1:])
         assert abs(start + first_map + close - total) <= 2, row  # each cell is rounded
+
+
+def test_latency_benchmark_smoke() -> None:
+    """benchmarks/latency.py, one round: every figure is reported and positive, the ratios
+    against multiprocessing.Pool among them (speed is not asserted)."""
+    proc = run_python(
+        str(ROOT / "benchmarks" / "latency.py"), "--rounds", "1", timeout=SMOKE_TIMEOUT_S, cwd=ROOT
+    )
+    figures: dict[str, float] = {}
+    name: list[str] = []
+    for word in proc.stdout.split()[1:]:  # the label, then name words and a figure, repeated
+        try:
+            figures[" ".join(name)] = float(word)
+            name = []
+        except ValueError:
+            name.append(word)
+    wanted = {"W6 us/map", "W7 us/item", "W7 one-per-message us/item", "Pool W7 us/item", "W7 rate vs Pool"}
+    assert wanted <= set(figures), proc.stdout
+    assert all(value > 0 for value in figures.values()), proc.stdout
