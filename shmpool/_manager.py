@@ -21,6 +21,7 @@ from typing import Any
 
 from ._block_files import BlockEntry, pool_prefix, remove_own_blocks, unlink_quietly
 from ._lifeline import clean_up_on_signals, leave_process_group, watch_parent
+from ._progress import own_bar_lock
 from .errors import ManagerError
 
 __all__ = ["BlockManager"]
@@ -41,6 +42,7 @@ class _BlockServer(SharedMemoryServer):  # type: ignore[misc]
         # to find a block the parent created but had not handed over when it died.
         self._prefixes: set[tuple[str, str]] = set()
         self._paths_lock = threading.Lock()
+        own_bar_lock()
         leave_process_group()
         clean_up_on_signals(self._clean_up)
         watch_parent(self._clean_up)

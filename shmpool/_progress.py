@@ -6,11 +6,13 @@ in the control block every ``TICK_S`` seconds while it waits. With no bar, nothi
 
 from __future__ import annotations
 
+import sys
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["TICK_S", "open_bar", "resolve_progress"]
+__all__ = ["TICK_S", "open_bar", "own_bar_lock", "resolve_progress"]
 
 # Refresh period of a bar; the wait itself never depends on it.
 TICK_S = 0.1
@@ -52,3 +54,18 @@ def open_bar(total: int | None, options: dict[str, Any], unit: str, desc: str) -
     bar.start_t -= opening
     bar.last_print_t -= opening
     return bar
+
+
+def own_bar_lock() -> None:
+    """In a child forked from the pool's process (a worker or the manager under the fork
+    start method): give tqdm a lock of this process's own.
+
+    tqdm's write lock holds a semaphore shared by every process forked after it was made.
+    A child that takes it (a kernel's own bar, or a bar inherited from the parent that the
+    child's garbage collector closes) and dies holding it, killed or crashed, would leave
+    every bar of the parent waiting for it forever. Without tqdm imported there is nothing
+    to replace, and nothing is imported.
+    """
+    tqdm_std = sys.modules.get("tqdm.std")
+    if tqdm_std is not None:
+        tqdm_std.tqdm.set_lock(threading.RLock())

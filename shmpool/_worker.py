@@ -32,6 +32,7 @@ from ._control import PREPARING, ControlBlock
 from ._halo import NO_MARGINS, HaloViews, chunk_slot
 from ._lifeline import default_ending_signals, watch_parent
 from ._origin import user_frames
+from ._progress import own_bar_lock
 from ._protocol import InitFailed, MapDone, MapJob, Ready, Release, RemoteError, Stop, TaskBatch, TaskDone
 from ._segments import raise_fd_limit
 
@@ -111,6 +112,7 @@ def worker_main(
 ) -> None:
     """Entry point of worker ``index``: run the initializer, then serve the pipe."""
     mark_worker_process()  # a decorated kernel called here runs in place
+    own_bar_lock()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     default_ending_signals()  # SIGTERM/SIGHUP end a worker at once, even under fork
     watch_parent(lambda: None)

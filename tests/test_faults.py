@@ -136,3 +136,32 @@ def test_worker_crash_during_submit_and_imap(pool: shmpool.SharedPool) -> None:
     assert seen == list(range(7))
     assert list(pool.imap(kernels.square, range(5))) == [0, 1, 4, 9, 16]
     assert pool.submit(kernels.square, 3).result(timeout=10) == 9
+
+
+def test_a_worker_dying_with_the_bar_lock_leaves_the_parents_bars_working() -> None:
+    # tqdm's write lock is a semaphore shared with every child forked after it was made; a
+    # worker that died holding it used to leave every later bar of the parent waiting. Only
+    # fork shares it: spawned and fork-server workers make their own (and a worker that
+    # dies after making one leaves it to the resource tracker, which says so on stderr).
+    proc = run_script(
+        """
+        import sys
+        import numpy as np, shmpool
+        from tqdm.auto import tqdm
+        from tests import kernels
+
+        tqdm.get_lock()  # made before the workers start, as any earlier bar makes it
+        with shmpool.SharedPool(2, start_method=sys.argv[1]) as pool:
+            try:
+                pool.submit(kernels.die_holding_the_bar_lock, 1).result(timeout=30)
+            except shmpool.WorkerCrashedError:
+                print("died")
+            future = pool.map_async(np.negative, pool.zeros(100), chunks=10, progress=True)
+            print(len(future.result(timeout=20)))
+            print(list(pool.imap(kernels.square, range(3), progress=True)))
+        """,
+        "fork",
+        timeout=60,
+    )
+    assert proc.stdout.splitlines() == ["died", "10", "[0, 1, 4]"], proc.stdout
+    assert "100/100" in proc.stderr and "3/3" in proc.stderr
