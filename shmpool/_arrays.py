@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._records import record
 from ._segments import map_fd
 
 try:  # NumPy 2
@@ -40,7 +41,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ArrayRef:
     """A shared array by reference: block path and size, byte offset, shape, strides, dtype.
 

@@ -20,6 +20,7 @@ import numpy as np
 from ._chunks import ChunkPlan, plan_chunks
 from ._halo import Halo, HaloSpec, check_halos
 from ._progress import resolve_progress
+from ._records import record
 
 __all__ = [
     "ItemRequest",
@@ -175,7 +176,7 @@ def find_overlap(arrays: dict[int, Array]) -> tuple[int, int] | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SplitArgs:
     """The validated positional arguments of a map."""
 
@@ -265,7 +266,7 @@ def split_args(args: tuple[Any, ...], axis: object) -> SplitArgs:
     return SplitArgs(chunked, axes, wholes, length, per_index, len(args), halos)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MapRequest:
     """A map call, checked: what every backend needs to run it."""
 
@@ -326,7 +327,7 @@ def check_map(
     )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ItemRequest:
     """An imap (or submit) call, checked. ``chunksize`` None means "auto"."""
 

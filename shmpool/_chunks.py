@@ -13,7 +13,8 @@ import math
 import numbers
 from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+from ._records import record
 
 __all__ = ["CHUNKS_PER_WORKER", "MAX_AUTO_CHUNKS", "TARGET_CHUNK_BYTES", "ChunkPlan", "plan_chunks"]
 
@@ -22,7 +23,7 @@ TARGET_CHUNK_BYTES = 4 << 20
 MAX_AUTO_CHUNKS = 4096
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ChunkPlan:
     """Chunk boundaries along one axis: uniform ``size`` chunks, or explicit ``offsets``.
 

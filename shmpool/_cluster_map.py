@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import CancelledError
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from . import _pickling
@@ -36,6 +36,7 @@ from ._cluster_halo import HaloArg, HaloPieces
 from ._cluster_worker import outcome_of, pick, resplit, run_on_chunks, take
 from ._dask_map import dumps, failure_of, next_landed, task_failure, task_name
 from ._dask_worker import Payload
+from ._records import record
 
 __all__ = ["SETTLE_S", "SPEC_IN_TASK_LIMIT", "ClusterMapRun", "ClusterSplit", "MapArrays"]
 
@@ -68,7 +69,7 @@ class MapArrays:
         self.halos = halos or []
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ClusterSplit(SplitArgs):
     """The split of a map over cluster arrays (``chunked`` is empty: the arrays are here)."""
 

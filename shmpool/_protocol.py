@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import operator
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ._arrays import ArrayRef
 from ._chunks import ChunkPlan
 from ._halo import HaloSpec
+from ._records import record
 
 __all__ = [
     "InitFailed",
@@ -51,7 +51,7 @@ def wire(cls: type[R]) -> type[R]:
 
 
 @wire
-@dataclass(frozen=True, slots=True)
+@record
 class MapJob:
     """Run ``kernel(*views, **kwargs)`` over chunks claimed from control slot ``slot``.
 
@@ -81,7 +81,7 @@ class MapJob:
 
 
 @wire
-@dataclass(frozen=True, slots=True)
+@record
 class TaskBatch:
     """Call ``fn`` on each item of a batch: ``fn(*args, **kwargs)`` for a ``submit``
     (``star``), ``fn(item)`` for ``imap`` items numbered from ``first``.
@@ -101,14 +101,14 @@ class TaskBatch:
 
 
 @wire
-@dataclass(frozen=True, slots=True)
+@record
 class Release:
     """Unmap these freed blocks (paths)."""
 
     paths: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Stop:
     """Finish: the worker exits its loop after the messages sent before this one."""
 
@@ -117,7 +117,7 @@ class Stop:
 
 
 @wire
-@dataclass(frozen=True, slots=True)
+@record
 class RemoteError:
     """An exception raised in a worker, in a form that always reaches the parent.
 
@@ -133,13 +133,13 @@ class RemoteError:
     chunk: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Ready:
     """The worker ran its initializer and waits for work."""
 
 
 @wire
-@dataclass(frozen=True, slots=True)
+@record
 class InitFailed:
     """The worker's initializer raised; the worker has exited."""
 
@@ -147,7 +147,7 @@ class InitFailed:
 
 
 @wire
-@dataclass(frozen=True, slots=True)
+@record
 class MapDone:
     """A worker's one reply to a MapJob: the chunks it ran, or the error that stopped it.
 
@@ -162,7 +162,7 @@ class MapDone:
 
 
 @wire
-@dataclass(frozen=True, slots=True)
+@record
 class TaskDone:
     """A worker's reply to a TaskBatch: pickled results of the items it ran, in order, and
     the error that stopped it (its ``chunk`` is the failing item's number)."""

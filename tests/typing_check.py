@@ -1,5 +1,6 @@
 """Checked by mypy in tests/test_typing.py, never run: what a type checker is told the
-allocation methods return on each kind of pool.
+allocation methods return on each kind of pool, and that the per-call records, plain slotted
+dataclasses at run time (shmpool._records), are frozen to it.
 
 A line's comment says what mypy must report there: ``# reveal: TEXT`` (its revealed type
 contains TEXT) or ``# error: [code]`` (an error of that code). Every other line must pass.
@@ -14,6 +15,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 import shmpool
+from shmpool._arrays import ArrayRef
+from shmpool._checks import MapRequest
+from shmpool._protocol import MapDone, MapJob
 
 if TYPE_CHECKING:
     from typing_extensions import reveal_type  # mypy's own; typing has it from 3.11
@@ -59,3 +63,10 @@ def on_dask(pool: shmpool.DaskPool, b: shmpool.ClusterArray) -> None:
 
 def on_any_pool(pool: shmpool.Pool[Any]) -> None:
     reveal_type(pool.empty(3))  # reveal: Any
+
+
+def on_records(job: MapJob, ref: ArrayRef, request: MapRequest, reply: MapDone) -> None:
+    job.slot = 3  # error: [misc]
+    ref.offset = 0  # error: [misc]
+    request.retries = 2  # error: [misc]
+    reply.chunks_run += 1  # error: [misc]
