@@ -188,7 +188,11 @@ def locate(array: np.ndarray) -> tuple[Mapping, int] | None:  # type: ignore[typ
         if entry is None:
             return None
         return entry, array.__array_interface__["data"][0] - entry.address
-    low, high = _byte_bounds(array)
+    start = array.__array_interface__["data"][0]
+    if array.flags.c_contiguous or array.flags.f_contiguous:
+        low, high = start, start + array.nbytes  # byte_bounds' answer, without its second lookup
+    else:
+        low, high = _byte_bounds(array)
     with _lock:
         i = bisect.bisect_right(_addresses, low) - 1
         if i < 0:
@@ -196,7 +200,7 @@ def locate(array: np.ndarray) -> tuple[Mapping, int] | None:  # type: ignore[typ
         entry = _ordered[i]
     if high > entry.address + entry.size:
         return None
-    return entry, array.__array_interface__["data"][0] - entry.address
+    return entry, start - entry.address
 
 
 def ref_of(array: np.ndarray, found: tuple[Mapping, int] | None = None) -> ArrayRef | None:  # type: ignore[type-arg]

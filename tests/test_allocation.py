@@ -210,3 +210,25 @@ def test_temp_folder_option_and_env(tmp_path: os.PathLike[str], monkeypatch: pyt
         assert pool.temp_folder == str(tmp_path)
     with pytest.raises(ValueError, match="not an existing folder"):
         shmpool.SharedPool(1, temp_folder=os.path.join(str(tmp_path), "missing"))
+
+
+def test_locate_finds_every_kind_of_view_at_its_offset(shared_pool: shmpool.SharedPool) -> None:
+    # locate() takes contiguous arrays' bounds from their start and size, and asks NumPy
+    # for the others: both must give each view's own offset, and refuse what is not inside.
+    from numpy.lib.array_utils import byte_bounds
+
+    a = shared_pool.zeros((6, 8))
+    found = shmpool._arrays.locate(a)
+    assert found is not None and found[1] >= 0
+    block, base = found
+    views = [a, a[2:], a[:, 3:], a.T, a[::-1], a[:, ::-2], a[1:2], a[3:4, :].T, a.ravel()[5:9], a[::2, ::3]]
+    for view in views:
+        where = shmpool._arrays.locate(view)
+        assert where is not None and where[0] is block
+        start = view.__array_interface__["data"][0]
+        assert where[1] == start - block.address
+        low, high = byte_bounds(view)
+        assert block.address <= low and high <= block.address + block.size
+    assert base == a.__array_interface__["data"][0] - block.address
+    plain = np.zeros((6, 8))
+    assert shmpool._arrays.locate(plain) is None and shmpool._arrays.locate(plain.T) is None
