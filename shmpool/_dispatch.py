@@ -379,7 +379,7 @@ class Dispatcher:
         replacement = None
         with self._lock:
             worker.mark_dead()
-            worker.conn.close()
+            worker.close()
             affected = self._book.owed_by(worker)
             if not (self._stopping or self.broken is not None):
                 if not worker.ready:
@@ -444,6 +444,6 @@ class Dispatcher:
         if threading.current_thread() is not self._supervisor:
             self._supervisor.join(timeout=JOIN_TIMEOUT_S)
         for w in workers:
-            w.conn.close()
+            w.close()
         self._helpers.close(JOIN_TIMEOUT_S)
         self._wakeup.end_of_user()

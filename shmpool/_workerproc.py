@@ -20,6 +20,7 @@ import contextlib
 import os
 import select
 import signal
+import socket
 import threading
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
@@ -77,6 +78,8 @@ class Worker:
         nothing queued; else through the outbox, which a thread of ``helpers`` flushes
         once the worker is ready."""
         with self._box_lock:
+            if not self.alive:
+                return  # nobody will read it
             direct = self.ready and not self._outbox and may_block
             flush = False
             if not direct:
@@ -106,6 +109,25 @@ class Worker:
         with self._box_lock:
             self.alive = False
             self._outbox.clear()
+
+    def close(self) -> None:
+        """Close the pipe to the worker, which is dead or done with.
+
+        Under the send lock: a thread still sending to this worker (it chose the worker
+        before the death was seen) would otherwise write, through the number the closed
+        descriptor had, into whatever pipe the number is given to next. That is the
+        replacement's, started a moment later: it would run a message meant for the
+        worker that died (a task that kills its worker then kills the replacement too).
+        """
+        # A send blocked on a full pipe (its reader gone, its end held by a process the
+        # worker forked) would keep the lock forever: shutting the socket down first makes
+        # that send fail at once.
+        with contextlib.suppress(OSError, ValueError):
+            sock = socket.socket(fileno=os.dup(self.conn.fileno()))
+            with sock:
+                sock.shutdown(socket.SHUT_RDWR)
+        with self._send_lock:
+            self.conn.close()
 
     def _flush(self) -> None:
         """Send the outbox until it is empty (on a helper thread: a send may block)."""
