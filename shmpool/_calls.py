@@ -19,6 +19,7 @@ from ._backend import CANCEL_GRACE_S, BatchOutcome, ItemBatch, ItemStream, MapOu
 from ._checks import ItemRequest, MapRequest
 from ._futures import PendingFuture
 from ._progress import TICK_S
+from ._signal_mask import signal_step
 from .errors import PoolClosedError
 
 __all__ = ["KILL_GRACE_S", "Call", "MapCall", "SubmitCall"]
@@ -80,9 +81,11 @@ class MapCall:
     def _wait(self, run: MapRun) -> None:
         bar, timeout = self.bar, self.request.timeout
         deadline = None if timeout is None else time.monotonic() + timeout
+        # Woken now and then in the main thread, so that Ctrl-C stops the map promptly.
+        idle_step = signal_step()
         try:
             while True:
-                step = TICK_S if bar is not None else None
+                step = TICK_S if bar is not None else idle_step
                 if deadline is not None:
                     left = max(deadline - time.monotonic(), 0.0)
                     step = left if step is None else min(step, left)

@@ -15,6 +15,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
+from ._signal_mask import keep_signals_out
+
 __all__ = ["PARALLEL_COPY_BYTES", "copy_into"]
 
 PARALLEL_COPY_BYTES = 8 * 2**20
@@ -42,7 +44,9 @@ def _get_executor(count: int) -> ThreadPoolExecutor:
     global _executor, _executor_pid
     with _lock:
         if _executor is None or _executor_pid != os.getpid():
-            _executor = ThreadPoolExecutor(count - 1, thread_name_prefix="shmpool-copy")
+            _executor = ThreadPoolExecutor(
+                count - 1, thread_name_prefix="shmpool-copy", initializer=keep_signals_out
+            )
             _executor_pid = os.getpid()
         return _executor
 

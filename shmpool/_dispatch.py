@@ -78,6 +78,7 @@ from ._helpers import Helpers
 from ._protocol import InitFailed, MapDone, MapJob, Ready, Release, Stop, TaskDone
 from ._remote import initializer_failed
 from ._retries import RetryState
+from ._signal_mask import start_quietly
 from ._slots import SlotControl, SlotTable
 from ._workerproc import (
     WakeupPipe,
@@ -130,7 +131,7 @@ class Dispatcher:
         self._wakeup = WakeupPipe()
         self._workers.extend(self._start_worker(i) for i in range(workers))
         self._supervisor = threading.Thread(target=self._supervise, name="shmpool-supervisor", daemon=True)
-        self._supervisor.start()
+        start_quietly(self._supervisor)
 
     # ---- workers ------------------------------------------------------------------------
 

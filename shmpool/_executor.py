@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError, Executor, Future
 from typing import Any, Protocol, TypeVar
 
+from ._signal_mask import start_quietly
+
 __all__ = ["PoolExecutor", "Submitter"]
 
 T = TypeVar("T")
@@ -218,7 +220,7 @@ class PoolExecutor(Executor):
         # executor that is never shut down leaves no thread behind.
         if self._thread is None:
             self._thread = threading.Thread(target=self._dispatch, name="shmpool-executor", daemon=True)
-            self._thread.start()
+            start_quietly(self._thread)
 
     def _on_landed(self, ours: Future[Any]) -> Callable[[Future[Any]], None]:
         def landed(theirs: Future[Any]) -> None:

@@ -42,6 +42,7 @@ from ._checks import (
 from ._executor import PoolExecutor
 from ._futures import PendingFuture
 from ._progress import open_bar, resolve_progress
+from ._signal_mask import start_quietly
 from ._streams import StreamCall
 from .errors import PoolClosedError
 
@@ -265,9 +266,11 @@ class Pool(Allocation[ArrayT]):
         options = (progress, timeout, retries, chunk_timeout)
         call = self._start_map(kernel, arrays, axis, chunks, options, kwargs)
         future: PendingFuture[list[Any]] = PendingFuture(on_cancel=call.cancel)
-        threading.Thread(
-            target=future.settle, args=(call.run_to_end,), name="shmpool-map-async", daemon=True
-        ).start()
+        start_quietly(
+            threading.Thread(
+                target=future.settle, args=(call.run_to_end,), name="shmpool-map-async", daemon=True
+            )
+        )
         return future
 
     def _start_map(

@@ -12,6 +12,8 @@ import collections
 import threading
 from collections.abc import Callable
 
+from ._signal_mask import start_quietly
+
 __all__ = ["HELPER_IDLE_S", "Helpers"]
 
 # A helper thread with nothing to do for this long exits; the next callback starts one.
@@ -42,7 +44,7 @@ class Helpers:
                 return
             thread = threading.Thread(target=self._serve, name="shmpool-helper", daemon=True)
             self._threads.add(thread)
-        thread.start()
+        start_quietly(thread)
 
     def _serve(self) -> None:
         me = threading.current_thread()

@@ -21,6 +21,7 @@ from typing import Any
 from ._backend import ItemBatch, ItemStream
 from ._checks import ItemRequest
 from ._progress import open_bar
+from ._signal_mask import signal_step
 
 __all__ = [
     "AUTO_BATCH_MAX",
@@ -169,8 +170,12 @@ class StreamCall:
                     if source_error is not None:
                         raise source_error
                     return
+                step = signal_step()  # this next() may run in another thread than the last
                 while (next_to_yield not in landed) if request.ordered else not landed:
-                    got = self._arrived.get()
+                    try:  # woken now and then in the main thread, for Ctrl-C
+                        got = self._arrived.get(timeout=step)
+                    except queue.Empty:
+                        continue
                     if self.stop is not None:
                         raise self.stop
                     if got is not None and got in in_flight:

@@ -37,6 +37,7 @@ from ._inner import AUTO, ThreadLimiter, check_inner_threads
 from ._origin import attach_origin, traceback_text
 from ._owned import PrivateMemory
 from ._progress import resolve_progress
+from ._signal_mask import keep_signals_out
 from ._sizing import check_workers, usable_cpus
 from .errors import PoolClosedError
 
@@ -254,6 +255,7 @@ class ThreadBackend(PrivateMemory):
         self._closed = False
 
     def _thread_start(self) -> None:
+        keep_signals_out()
         enter_worker_thread()
         self.limiter.limit_thread()
 

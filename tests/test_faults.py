@@ -97,7 +97,10 @@ def test_keyboard_interrupt_in_parent(start_method: str) -> None:
         start_method,
     )
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("interrupted after") and float(lines[0].split()[-1]) < 2.0
+    assert lines[0].startswith("interrupted after") and float(lines[0].split()[-1]) < 2.0, (
+        lines,
+        proc.stderr,
+    )
     assert lines[1] == "usable"
     assert "Traceback" not in proc.stderr
 
