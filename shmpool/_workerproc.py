@@ -58,9 +58,10 @@ class Worker:
         self.process = process
         self.conn = conn
         self._send_lock = threading.Lock()  # one message on the pipe at a time
-        self._box_lock = threading.Lock()  # guards ready, outbox and flushing
+        self._box_lock = threading.Lock()  # guards ready, outbox, flushing and closing
         self._outbox: collections.deque[bytes] = collections.deque()
         self._flushing = False
+        self._closing = False  # close() was called: the pipe is closed, or is being
         self.alive = True
         self.ready = False
         self.load = 0  # task batches sent and not yet answered
@@ -119,6 +120,13 @@ class Worker:
         replacement's, started a moment later: it would run a message meant for the
         worker that died (a task that kills its worker then kills the replacement too).
         """
+        # Once only: a second closer (shutdown meeting a supervisor still at work) must not
+        # read the descriptor's number after the first closed it, nor shut down whatever
+        # socket has that number by then.
+        with self._box_lock:
+            if self._closing:
+                return
+            self._closing = True
         # A send blocked on a full pipe (its reader gone, its end held by a process the
         # worker forked) would keep the lock forever: shutting the socket down first makes
         # that send fail at once.
