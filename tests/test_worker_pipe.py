@@ -14,7 +14,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
+
+import pytest
 
 from shmpool._helpers import Helpers
 from shmpool._workerproc import Worker
@@ -50,23 +53,32 @@ def _ready_worker(conn: object) -> Worker:
     return worker
 
 
-def test_the_pipe_does_not_close_under_a_send_so_its_number_reaches_no_other_pipe() -> None:
+def _close_as_the_supervisor(worker: Worker) -> None:
+    """What the supervisor does when it sees the worker's death."""
+    worker.mark_dead()
+    worker.close()
+
+
+def _started(target: Callable[..., object], *args: object, **kwargs: object) -> threading.Thread:
+    thread = threading.Thread(target=target, args=args, kwargs=kwargs, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.fixture
+def helpers() -> Iterator[Helpers]:
+    pool_helpers = Helpers()
+    yield pool_helpers
+    pool_helpers.close(5)
+
+
+def test_the_pipe_does_not_close_under_a_send_so_its_number_reaches_no_other_pipe(helpers: Helpers) -> None:
     ours, theirs = multiprocessing.Pipe()
     held = HeldConnection(ours)
     worker = _ready_worker(held)
-    helpers = Helpers()
-    sender = threading.Thread(
-        daemon=True, target=worker.send, args=(b"meant for the dead", helpers), kwargs={"may_block": True}
-    )
-    sender.start()
+    sender = _started(worker.send, b"meant for the dead", helpers, may_block=True)
     assert held.sending.wait(10)
-
-    def close() -> None:  # what the supervisor does when it sees the death
-        worker.mark_dead()
-        worker.close()
-
-    closer = threading.Thread(daemon=True, target=close)
-    closer.start()
+    closer = _started(_close_as_the_supervisor, worker)
     closer.join(HOLD_S)
     # The replacement's pipe is made now: had the number been freed, it would get it.
     new_ours, new_theirs = multiprocessing.Pipe()
@@ -81,38 +93,30 @@ def test_the_pipe_does_not_close_under_a_send_so_its_number_reaches_no_other_pip
     finally:
         for conn in (theirs, new_ours, new_theirs):
             conn.close()
-        helpers.close(5)
 
 
-def test_closing_wakes_a_send_blocked_on_a_full_pipe() -> None:
+def test_closing_wakes_a_send_blocked_on_a_full_pipe(helpers: Helpers) -> None:
     # Nobody reads the other end, which stays open (as when a process the dead worker
     # forked holds it): the send blocks; closing must not wait for it forever.
     ours, theirs = multiprocessing.Pipe()
     worker = _ready_worker(ours)
-    helpers = Helpers()
-    sender = threading.Thread(
-        daemon=True, target=worker.send, args=(b"x" * (16 << 20), helpers), kwargs={"may_block": True}
-    )
-    sender.start()
+    sender = _started(worker.send, b"x" * (16 << 20), helpers, may_block=True)
     sender.join(HOLD_S)
-    assert sender.is_alive(), "the send should be blocked on the full pipe"
-    closer = threading.Thread(daemon=True, target=lambda: (worker.mark_dead(), worker.close()))
-    closer.start()
-    closer.join(10)
-    sender.join(10)
     try:
+        assert sender.is_alive(), "the send should be blocked on the full pipe"
+        closer = _started(_close_as_the_supervisor, worker)
+        closer.join(10)
+        sender.join(10)
         assert not closer.is_alive(), "closing waited for a send that cannot end"
         assert not sender.is_alive()
         assert ours.closed
     finally:
         theirs.close()
-        helpers.close(5)
 
 
-def test_nothing_is_sent_to_a_worker_marked_dead() -> None:
+def test_nothing_is_sent_to_a_worker_marked_dead(helpers: Helpers) -> None:
     ours, theirs = multiprocessing.Pipe()
     worker = _ready_worker(ours)
-    helpers = Helpers()
     try:
         worker.send(b"before", helpers, may_block=True)
         assert theirs.recv_bytes() == b"before"
@@ -123,4 +127,3 @@ def test_nothing_is_sent_to_a_worker_marked_dead() -> None:
     finally:
         worker.close()
         theirs.close()
-        helpers.close(5)
