@@ -5,11 +5,14 @@ in :mod:`shmpool.joblib`) takes an Executor. This one runs every call through th
 public ``submit``, so it works on any pool (SharedPool, ThreadPool, DaskPool) and shared
 arrays in the arguments travel as references.
 
-Its futures are plain ``concurrent.futures.Future`` objects with the standard life:
-PENDING while queued here, RUNNING once handed to the pool, then FINISHED or CANCELLED;
-``cancel()`` succeeds only while PENDING. To keep that honest, at most ``workers + 1`` calls
-are in the pool at a time (like ProcessPoolExecutor's call queue: one spare keeps a worker
-from idling between calls); the rest wait in a queue, where they can still be cancelled.
+Its futures are ``concurrent.futures.Future`` objects with the standard life: PENDING while
+queued here, RUNNING once handed to the pool, then FINISHED or CANCELLED; ``cancel()``
+succeeds only while PENDING. To keep that honest, at most ``workers + 1`` calls are in the
+pool at a time (like ProcessPoolExecutor's call queue: one spare keeps a worker from idling
+between calls); the rest wait in a queue, where they can still be cancelled. Their
+``result()`` and ``exception()``, and ``shutdown(wait=True)``, wait in short steps in the
+main thread, so that Ctrl-C stops them wherever the signal landed
+(:mod:`shmpool._signal_mask`).
 
 One dispatcher thread, started when there is work and ending when there is none, moves
 calls from the queue to the pool and settles futures, so that done-callbacks run in it
@@ -26,7 +29,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError, Executor, Future
 from typing import Any, Protocol, TypeVar
 
-from ._signal_mask import start_quietly
+from ._futures import SteppedFuture
+from ._signal_mask import signal_step, start_quietly
 
 __all__ = ["PoolExecutor", "Submitter"]
 
@@ -121,7 +125,7 @@ class PoolExecutor(Executor):
         Raises RuntimeError after :meth:`shutdown`, and PoolClosedError (a RuntimeError)
         once the pool is closed.
         """
-        future: Future[T] = Future()
+        future: Future[T] = SteppedFuture()
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
@@ -211,7 +215,9 @@ class PoolExecutor(Executor):
             with self._lock:
                 thread = self._thread
             if thread is not None and thread is not threading.current_thread():
-                thread.join()
+                step = signal_step()  # in the main thread, join in steps: see the module
+                while thread.is_alive():
+                    thread.join(step)
 
     # ---- the dispatcher thread --------------------------------------------------------------
 

@@ -1,13 +1,16 @@
-"""Futures that stay pending while their work runs, so that ``cancel()`` can stop it.
+"""Futures whose waits Ctrl-C interrupts, and futures that stay pending while their work
+runs, so that ``cancel()`` can stop it.
 
 ``concurrent.futures`` marks a future RUNNING when its work starts, after which ``cancel()``
 refuses. shmpool's futures stay PENDING until the outcome is known: ``cancel()`` then
 cancels the future and asks the pool to stop the work (a map's unstarted chunks, a task's
 drop). Only public ``Future`` methods are used.
 
-``result()`` and ``exception()`` called in the main thread wait in steps of
-:data:`shmpool._signal_mask.SIGNAL_CHECK_S`, so that Ctrl-C interrupts them promptly even
-when the signal landed on another thread.
+Both kinds' ``result()`` and ``exception()`` called in the main thread wait in steps of
+:data:`shmpool._signal_mask.SIGNAL_CHECK_S` (:class:`SteppedFuture`), so that Ctrl-C
+interrupts them promptly even when the signal landed on another thread: a plain
+``Future.result()`` sleeps until its outcome, however long, when the signal's wake-up went
+to a thread that is not waiting.
 """
 
 from __future__ import annotations
@@ -19,24 +22,14 @@ from typing import TypeVar
 
 from ._signal_mask import signal_step
 
-__all__ = ["PendingFuture"]
+__all__ = ["PendingFuture", "SteppedFuture"]
 
 T = TypeVar("T")
 
 
-class PendingFuture(Future[T]):
-    """A Future that stays pending until its work ends, so cancel() can stop running work."""
-
-    def __init__(self, on_cancel: Callable[[], None] | None = None):
-        super().__init__()
-        self._on_cancel = on_cancel
-
-    def cancel(self) -> bool:
-        """Cancel the future; if its work is running, ask the pool to stop it."""
-        cancelled = super().cancel()
-        if cancelled and self._on_cancel is not None:
-            self._on_cancel()
-        return cancelled
+class SteppedFuture(Future[T]):
+    """A Future whose ``result()`` and ``exception()`` in the main thread wait in short
+    steps, so that Python runs a pending signal handler (Ctrl-C) between them."""
 
     def result(self, timeout: float | None = None) -> T:
         """The work's result, as :meth:`Future.result`; interruptible in the main thread."""
@@ -59,6 +52,21 @@ class PendingFuture(Future[T]):
                 return 0
             wait([self], timeout=step if left is None else min(step, left))
         return timeout
+
+
+class PendingFuture(SteppedFuture[T]):
+    """A Future that stays pending until its work ends, so cancel() can stop running work."""
+
+    def __init__(self, on_cancel: Callable[[], None] | None = None):
+        super().__init__()
+        self._on_cancel = on_cancel
+
+    def cancel(self) -> bool:
+        """Cancel the future; if its work is running, ask the pool to stop it."""
+        cancelled = super().cancel()
+        if cancelled and self._on_cancel is not None:
+            self._on_cancel()
+        return cancelled
 
     def settle(self, outcome: Callable[[], T]) -> None:
         """Resolve with ``outcome()``'s value or exception, unless cancelled meanwhile."""

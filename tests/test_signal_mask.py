@@ -8,7 +8,8 @@ callbacks, a ``map_async`` waiter, the executor's dispatcher, staging copiers, a
 ThreadPool's workers) block such signals, and its waits in the main thread wake now and
 then. The script checks the masks in /proc, then makes the main thread block SIGINT so the
 kernel must give it to another thread (one of the application's, as NumPy's BLAS threads
-are), and interrupts a map, an imap and a future's result that would each take seconds.
+are), and interrupts a map, an imap, a future's result, and an executor's result, map and
+shutdown that would each take seconds.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ with pool:
     pool.submit(abs, -1).add_done_callback(lambda f: called.set())
     assert called.wait(10)
     assert list(pool.imap(abs, range(-5, 0))) == [5, 4, 3, 2, 1]
-    with pool.executor() as ex:
-        assert ex.submit(abs, -2).result() == 2
+    with pool.executor() as done_ex:
+        assert done_ex.submit(abs, -2).result() == 2
     others = [t for t in threading.enumerate() if t is not threading.main_thread()]
     unmasked = []
     for t in others:
@@ -49,10 +50,14 @@ with pool:
     threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     x = pool.zeros(100)
+    ex = pool.executor()
     calls = {
         "map": lambda: pool.map(kernels.sleep_chunk, x, chunks=1, seconds=0.2),
         "imap": lambda: list(pool.imap(time.sleep, [0.2] * 100)),
         "result": lambda: pool.submit(time.sleep, 3).result(),
+        "executor result": lambda: ex.submit(time.sleep, 3).result(),
+        "executor map": lambda: list(ex.map(time.sleep, [3])),
+        "executor shutdown": lambda: ex.submit(time.sleep, 3) and ex.shutdown(wait=True),
     }
     for name, call in calls.items():
         threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
@@ -62,6 +67,7 @@ with pool:
             print(name, "not interrupted")
         except KeyboardInterrupt:
             print(name, "interrupted after", round(time.monotonic() - start, 1))
+    ex.shutdown(wait=True)
     assert pool.map(kernels.chunk_length, np.zeros(4), chunks=2) == [2, 2]
     print("usable")
 """
@@ -73,9 +79,10 @@ def test_process_signals_interrupt_a_wait_wherever_they_land(kind: str) -> None:
     counted, unmasked = lines[0].split(" unmasked ")
     assert int(counted.split()[1]) >= 2, lines  # the pool's threads were there to be picked
     assert unmasked == "[]", f"pool threads that take process signals: {unmasked}"
-    assert len(lines) == 5, lines
-    for line, name in zip(lines[1:4], ["map", "imap", "result"], strict=True):
+    names = ["map", "imap", "result", "executor result", "executor map", "executor shutdown"]
+    assert len(lines) == len(names) + 2, lines
+    for line, name in zip(lines[1:-1], names, strict=True):
         # The signal comes at 0.3 s; each call would take 3 s or more.
         assert line.startswith(f"{name} interrupted after"), lines
         assert float(line.split()[-1]) < 1.5, lines
-    assert lines[4:] == ["usable"]
+    assert lines[-1:] == ["usable"]
