@@ -42,7 +42,7 @@ from ._checks import (
 from ._executor import PoolExecutor
 from ._futures import PendingFuture
 from ._progress import open_bar, resolve_progress
-from ._signal_mask import start_quietly
+from ._signal_mask import signal_step, start_quietly
 from ._streams import StreamCall
 from .errors import PoolClosedError
 
@@ -123,7 +123,9 @@ class Pool(Allocation[ArrayT]):
         """Wait for the maps and calls in flight, then shut down. Idempotent.
 
         Open ``imap`` iterators are ended: their next batch raises PoolClosedError. Arrays
-        the pool handed out stay valid.
+        the pool handed out stay valid. Interrupted while it waits (Ctrl-C), it finishes as
+        :meth:`terminate` before the interruption propagates, so the pool is never left
+        half closed.
         """
         if not self._begin_closing():
             return
@@ -131,20 +133,29 @@ class Pool(Allocation[ArrayT]):
             streams = [c for c in self._calls if isinstance(c, StreamCall)]
         for stream in streams:
             stream.abort(PoolClosedError(f"the {self._backend.kind} was closed while an imap was open"))
-        with self._lock:
-            while any(not isinstance(c, StreamCall) for c in self._calls):
-                self._idle.wait()
+        try:
+            step = signal_step()  # in the main thread, wake now and then for Ctrl-C
+            with self._lock:
+                while any(not isinstance(c, StreamCall) for c in self._calls):
+                    self._idle.wait(step)
+        except BaseException:
+            self._abort_calls("interrupted while closing")
+            self._end(kill=True)
+            raise
         self._end(kill=False)
 
     def terminate(self) -> None:
         """Stop now: calls in flight raise PoolClosedError; then shut down. Idempotent."""
         if not self._begin_closing():
             return
+        self._abort_calls("terminated")
+        self._end(kill=True)
+
+    def _abort_calls(self, how: str) -> None:
         with self._lock:
             calls = list(self._calls)
         for call in calls:
-            call.abort(PoolClosedError(f"the {self._backend.kind} was terminated while this call ran"))
-        self._end(kill=True)
+            call.abort(PoolClosedError(f"the {self._backend.kind} was {how} while this call ran"))
 
     def _begin_closing(self) -> bool:
         self._check_creator()

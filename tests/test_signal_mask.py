@@ -86,3 +86,52 @@ def test_process_signals_interrupt_a_wait_wherever_they_land(kind: str) -> None:
         assert line.startswith(f"{name} interrupted after"), lines
         assert float(line.split()[-1]) < 1.5, lines
     assert lines[-1:] == ["usable"]
+
+
+CLOSE_SCRIPT = """
+import os, signal, sys, threading, time
+import shmpool
+from tests import kernels
+
+kind = sys.argv[1]
+pool = shmpool.ThreadPool(2) if kind == "threads" else shmpool.SharedPool(2, start_method=kind)
+x = pool.zeros(100)
+outcome = []
+
+def long_map():  # 100 chunks of 0.2 s on 2 workers: 10 s unless stopped
+    try:
+        pool.map(kernels.sleep_chunk, x, chunks=1, seconds=0.2)
+        outcome.append("finished")
+    except shmpool.PoolClosedError as exc:
+        outcome.append(type(exc).__name__)
+
+mapping = threading.Thread(target=long_map)
+mapping.start()
+time.sleep(0.5)
+# As above: only the application's thread can take the SIGINT.
+threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+start = time.monotonic()
+try:
+    pool.close()
+    print("close not interrupted")
+except KeyboardInterrupt:
+    print("close interrupted after", round(time.monotonic() - start, 1))
+mapping.join(10)
+print("map", outcome, "closed", pool.closed, repr(pool).endswith("closed>"))
+pool.close()
+pool.terminate()
+print("idempotent")
+"""
+
+
+@pytest.mark.parametrize("kind", [*START_METHODS, "threads"])
+def test_close_interrupted_while_it_waits_terminates_the_pool(kind: str) -> None:
+    lines = run_script(CLOSE_SCRIPT, kind).stdout.splitlines()
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("close interrupted after"), lines
+    assert float(lines[0].split()[-1]) < 1.5, lines  # the map would take 10 s
+    # The map in flight was stopped, not left running, and the pool ended for good.
+    assert lines[1] == "map ['PoolClosedError'] closed True True", lines
+    assert lines[2] == "idempotent"
