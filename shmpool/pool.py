@@ -1,51 +1,38 @@
 """SharedPool: persistent worker processes, arrays in shared memory, chunked in-place maps.
 
 :class:`SharedPool` is the front end (:class:`shmpool._frontend.Pool`) over
-:class:`ProcessBackend`, which wires the pieces together: the block store and its manager
-process (:mod:`shmpool._blocks`, :mod:`shmpool._segments`, :mod:`shmpool._manager`), the workers and their
-supervisor (:mod:`shmpool._dispatch`), and the maps and streams (:mod:`shmpool._procmap`).
-
-Teardown (close, terminate, garbage collection of an unclosed pool, interpreter exit) is
-one path, :meth:`ProcessBackend.shutdown`: stop the workers, have the manager unlink every
-block, and unmap each block once no array uses it: arrays handed out stay valid after the
-pool is gone.
+:class:`shmpool._process_backend.ProcessBackend`, which wires the block store, the workers
+and the maps together and owns the one teardown path. That module is imported when the
+first pool is made, not with this one, and under forkserver only after the fork server has
+started booting (:mod:`shmpool._forkserver`): the server's interpreter and the parent's
+imports, the two longest steps of a first pool's start, then overlap.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from numpy.typing import NDArray
 
-from ._backend import ItemStream, MapRun
-from ._block_files import sweep_dead_blocks, unlink_quietly
-from ._blocks import BlockStore
 from ._cache import default_cache_bytes
-from ._checks import ItemRequest, MapRequest, check_callable
-from ._control import ControlBlock
-from ._dispatch import Dispatcher
+from ._checks import check_callable
+from ._forkserver import boot_forkserver
 from ._frontend import Pool
 from ._inner import AUTO, check_inner_threads, controller, thread_env, worker_start
-from ._lifeline import forget_in_forked_children
-from ._manager import BlockManager
 from ._pickling import dumps_or_raise
-from ._procmap import ProcessMapRun, ProcessStream
 from ._progress import resolve_progress
-from ._segments import block_folder, create_block, fallback_for, new_pool_tag, raise_fd_limit
+from ._segments import block_folder, fallback_for
 from ._sizing import check_workers, usable_cpus
-from ._without_main import without_main
-from .errors import PoolClosedError
 
-__all__ = ["START_METHODS", "ProcessBackend", "SharedPool", "default_start_method"]
+if TYPE_CHECKING:
+    from ._process_backend import ProcessBackend
+
+__all__ = ["START_METHODS", "SharedPool", "default_start_method"]
 
 START_METHODS = ("fork", "spawn", "forkserver")
-
-Array = np.ndarray  # type: ignore[type-arg]
 
 
 def default_start_method() -> str:
@@ -57,129 +44,6 @@ def default_start_method() -> str:
     process that has shmpool and NumPy imported already, so it is nearly as fast as fork.
     """
     return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-
-
-class ProcessBackend:
-    """Worker processes and shared blocks (see :class:`shmpool._backend.Backend`)."""
-
-    kind = "SharedPool"
-    # imap chunksize="auto": a batch costs one message each way, a few microseconds.
-    batch_target_s = 0.01
-    no_chunk_timeout: str | None = None  # a chunk's worker is a process, which can be killed
-
-    def __init__(
-        self,
-        workers: int,
-        method: str,
-        init_payload: bytes | None,
-        folder: str,
-        cache_bytes: int,
-        fallback: str | None = None,
-        worker_env: dict[str, str] | None = None,
-    ):
-        self._workers = workers
-        self.start_method = method
-        self.store = BlockStore(folder, new_pool_tag(), cache_bytes, fallback)
-        self.dispatcher: Dispatcher | None = None
-        self.control: ControlBlock | None = None
-        self.control_path: str | None = None
-        self._shutdown_lock = threading.Lock()
-        self._shut_down = False
-        ctx = multiprocessing.get_context(method)
-        if method == "forkserver":
-            _preload_in_forkserver(ctx)
-        for where in (folder, fallback):
-            if where is not None:
-                sweep_dead_blocks(where)
-        raise_fd_limit()
-        try:
-            self.control_path, control_map = create_block(
-                folder, ControlBlock.size_for(workers), self.store.tag
-            )
-            self.control = ControlBlock(control_map, workers)
-            manager = self.store.manager = BlockManager(ctx=ctx)
-            if method == "fork":
-                # Fork the manager before the dispatcher starts its supervisor thread.
-                manager.start()
-            # Under spawn and forkserver, workers boot while the manager starts.
-            self.dispatcher = Dispatcher(
-                ctx, workers, self.control, self.control_path, init_payload, worker_env=worker_env
-            )
-            if method != "fork":
-                with without_main():  # the manager runs shmpool's code only
-                    manager.start()
-            manager_process = getattr(manager, "_process", None)  # no public handle
-            if manager_process is not None:
-                forget_in_forked_children(manager_process)
-            manager.track(self.control_path)
-            self.store.on_release = self.dispatcher.release
-        except BaseException:
-            self.shutdown(kill=True)
-            raise
-
-    @property
-    def workers(self) -> int:
-        return self._workers
-
-    def describe(self) -> str:
-        return f"workers={self._workers} start_method={self.start_method!r}"
-
-    def _live_dispatcher(self) -> Dispatcher:
-        if self.dispatcher is None or self._shut_down:
-            raise PoolClosedError("this SharedPool is closed")
-        return self.dispatcher
-
-    def allocate(self, shape: tuple[int, ...], dtype: np.dtype, order: str, zero: bool, like: Any) -> Array:  # type: ignore[type-arg]
-        return self.store.new_array(shape, dtype, order, zero)
-
-    def owns(self, a: Any) -> bool:
-        return isinstance(a, np.ndarray) and self.store.owns(a)
-
-    def release(self, a: Array) -> None:
-        self.store.free_array(a)
-
-    def split_own(self, arrays: tuple[Any, ...], axis: object, chunks: object) -> None:
-        return None  # its arrays are NumPy arrays: the front end splits them
-
-    def start_map(self, request: MapRequest) -> MapRun:
-        return ProcessMapRun(self._live_dispatcher(), self.store, request)
-
-    def open_stream(self, request: ItemRequest, star: bool) -> ItemStream:
-        return ProcessStream(self._live_dispatcher(), request, star)
-
-    def shutdown(self, *, kill: bool) -> None:
-        """The one teardown path: stop workers, unlink blocks, unmap what is unused."""
-        with self._shutdown_lock:
-            if self._shut_down:
-                return
-            self._shut_down = True
-        try:
-            if self.dispatcher is not None:
-                self.dispatcher.shutdown(kill=kill)
-        finally:
-            paths = self.store.close()
-            manager, self.store.manager = self.store.manager, None
-            if manager is not None:
-                try:
-                    manager.shutdown()  # the manager unlinks every block it tracks
-                except Exception:
-                    pass
-                # Dropped now, while multiprocessing can still log its __del__: a closed pool
-                # kept until interpreter exit (the default pool) would otherwise print an
-                # "Exception ignored" there.
-                del manager
-            if self.control_path is not None:
-                paths.append(self.control_path)
-            for path in paths:
-                unlink_quietly(path)  # blocks the manager could not reach
-            if self.control is not None:
-                self.control.release()
-
-    @property
-    def manager_pid(self) -> int | None:
-        manager = self.store.manager
-        process = getattr(manager, "_process", None)  # SharedMemoryManager keeps no public handle
-        return None if process is None else process.pid
 
 
 class SharedPool(Pool[NDArray[Any]]):
@@ -244,7 +108,11 @@ class SharedPool(Pool[NDArray[Any]]):
             raise ValueError(f"cache_bytes must be a number of bytes >= 0 or None, got {cache_bytes!r}")
         resolve_progress(progress, None)  # before any process starts
         self._inner_threads = inner
-        self._processes = ProcessBackend(
+        if method == "forkserver":
+            boot_forkserver()  # it boots (about 100 ms) while the import below runs
+        from ._process_backend import ProcessBackend  # most of the pool's import time
+
+        self._processes: ProcessBackend = ProcessBackend(
             count, method, init_payload, folder, cache_bytes, fallback_for(temp_folder), worker_env
         )
         super().__init__(self._processes, progress=progress)
@@ -301,15 +169,3 @@ class SharedPool(Pool[NDArray[Any]]):
         control = self._processes.control_path
         paths = self._processes.store.paths
         return [*paths, control] if control is not None and not self.closed else paths
-
-
-def _preload_in_forkserver(ctx: Any) -> None:
-    # Workers forked from a server that has imported shmpool (and NumPy) start in
-    # milliseconds. Keep whatever the application asked to preload too.
-    from multiprocessing import forkserver
-
-    current = list(getattr(forkserver._forkserver, "_preload_modules", ["__main__"]))
-    # threadpoolctl too: every worker imports it to limit its thread pools (shmpool._inner).
-    missing = [name for name in ("shmpool._worker", "threadpoolctl") if name not in current]
-    if missing:
-        ctx.set_forkserver_preload([*current, *missing])

@@ -79,3 +79,34 @@ def test_a_map_does_not_import_what_it_does_not_use() -> None:
         "print('numpy.ma' in sys.modules)\n"
     )
     assert run_python("-c", code).stdout.split() == ["False"]
+
+
+def test_the_fork_server_boots_while_the_backend_is_imported() -> None:
+    # The fork server's interpreter (NumPy and shmpool's worker, about 100 ms) and the
+    # parent's import of the process backend are a first pool's two longest steps; started
+    # in this order they overlap. Seen from the parent: the server is asked to start before
+    # the backend's modules are loaded, and only then are they loaded.
+    code = (
+        "import sys\n"
+        "from multiprocessing import forkserver\n"
+        "import shmpool\n"
+        "heavy = ('shmpool._process_backend', 'shmpool._dispatch', 'shmpool._blocks')\n"
+        "seen = []\n"
+        "real = forkserver.ensure_running\n"
+        "def watched():\n"
+        "    seen.append([name in sys.modules for name in heavy])\n"
+        "    real()\n"
+        "forkserver.ensure_running = watched\n"
+        "shmpool.SharedPool\n"
+        "print('after attribute', [name in sys.modules for name in heavy])\n"
+        "with shmpool.SharedPool(2, start_method='forkserver') as pool:\n"
+        "    assert pool.map(len, pool.zeros(4), chunks=2) == [2, 2]\n"
+        "print('at first start', seen[0])\n"
+        "print('after the pool', [name in sys.modules for name in heavy])\n"
+    )
+    lines = run_python("-c", code).stdout.splitlines()
+    assert lines == [
+        "after attribute [False, False, False]",
+        "at first start [False, False, False]",
+        "after the pool [True, True, True]",
+    ]
