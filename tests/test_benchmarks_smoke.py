@@ -179,3 +179,20 @@ def test_latency_benchmark_smoke() -> None:
     wanted = {"W6 us/map", "W7 us/item", "W7 one-per-message us/item", "Pool W7 us/item", "W7 rate vs Pool"}
     assert wanted <= set(figures), proc.stdout
     assert all(value > 0 for value in figures.values()), proc.stdout
+
+
+def test_after_loads_benchmark_smoke() -> None:
+    """benchmarks/after_loads.py at a tiny size: W2 is timed four times around the loads,
+    each figure positive, and the script checks its own output and imap results."""
+    proc = run_python(
+        str(ROOT / "benchmarks" / "after_loads.py"),
+        *("--mib", "1", "--maps", "20", "--items", "200", "--reps", "2"),
+        timeout=SMOKE_TIMEOUT_S,
+        cwd=ROOT,
+    )
+    lines = proc.stdout.splitlines()
+    labels = ["W2 first:", "after 20 W6 maps:", "after 200 imap items:", "once more:"]
+    assert [line.split(" median")[0] for line in lines] == labels, lines
+    for line in lines:
+        median = float(line.split("median ")[1].split(" ms")[0])
+        assert median > 0, line
