@@ -139,7 +139,7 @@ class Pool(Allocation[ArrayT]):
                 while any(not isinstance(c, StreamCall) for c in self._calls):
                     self._idle.wait(step)
         except BaseException:
-            self._abort_calls("interrupted while closing")
+            self._abort_calls("terminated (its close() was interrupted)")
             self._end(kill=True)
             raise
         self._end(kill=False)

@@ -26,7 +26,6 @@ from ._blocks import BlockStore
 from ._checks import ItemRequest, MapRequest
 from ._control import ControlBlock
 from ._dispatch import Dispatcher
-from ._forkserver import boot_forkserver
 from ._lifeline import forget_in_forked_children
 from ._manager import BlockManager
 from ._procmap import ProcessMapRun, ProcessStream
@@ -40,7 +39,11 @@ Array = np.ndarray  # type: ignore[type-arg]
 
 
 class ProcessBackend:
-    """Worker processes and shared blocks (see :class:`shmpool._backend.Backend`)."""
+    """Worker processes and shared blocks (see :class:`shmpool._backend.Backend`).
+
+    Under forkserver, :class:`shmpool.SharedPool` has called
+    :func:`shmpool._forkserver.boot_forkserver` already, before importing this module.
+    """
 
     kind = "SharedPool"
     # imap chunksize="auto": a batch costs one message each way, a few microseconds.
@@ -66,8 +69,6 @@ class ProcessBackend:
         self._shutdown_lock = threading.Lock()
         self._shut_down = False
         ctx = multiprocessing.get_context(method)
-        if method == "forkserver":
-            boot_forkserver()  # at once if SharedPool did not: its preload makes workers fast
         for where in (folder, fallback):
             if where is not None:
                 sweep_dead_blocks(where)
