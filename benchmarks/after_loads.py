@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""W2 steady in one pool before and after the per-call workloads (W6's small maps, W7's
-imap items), to tell a pool that slows down with use from a noisy run.
+"""W2 steady in one pool before and after the per-call workloads (W6's small maps and
+W7's imap items, with run.py's kernels), to tell a pool that slows down with use from a
+noisy run.
 
 ``run.py`` times W6 and W7 before W2 in each system's host; if a pool kept something from
 them (threads, cached blocks, a slower path) its W2 would suffer in every run. This times
@@ -33,14 +34,6 @@ from benchmarks import kernels  # noqa: E402
 CHUNKS = 64
 
 
-def _noop(x: np.ndarray) -> None:
-    pass
-
-
-def _square(i: int) -> int:
-    return i * i
-
-
 def time_w2(pool: shmpool.SharedPool, x: np.ndarray, out: np.ndarray, reps: int) -> str:
     """Median and minimum of ``reps`` W2 maps, in ms."""
     times = []
@@ -65,11 +58,13 @@ def main() -> None:
         x[:] = kernels.make_input("W2", length)
         out = pool.empty_like(x)
         print("W2 first:", time_w2(pool, x, out, args.reps))
-        small = pool.zeros(kernels.W6_LENGTH)
+        small = pool.asarray(kernels.make_input("W6", kernels.W6_LENGTH))
+        small_out = pool.empty_like(small)
         for _ in range(args.maps):
-            pool.map(_noop, small, chunks=kernels.W6_LENGTH // 2)
+            pool.map(kernels.w6_kernel, small, small_out, chunks=kernels.W6_LENGTH // 2)
         print(f"after {args.maps:,} W6 maps:", time_w2(pool, x, out, args.reps))
-        assert list(pool.imap(_square, range(args.items))) == [i * i for i in range(args.items)]
+        items = list(pool.imap(kernels.w7_item, range(args.items)))
+        assert items == [kernels.w7_item(i) for i in range(args.items)], "imap's results are wrong"
         print(f"after {args.items:,} imap items:", time_w2(pool, x, out, args.reps))
         print("once more:", time_w2(pool, x, out, args.reps))
         expected = np.sqrt(x) * 2 + 1
